@@ -1,0 +1,16 @@
+"""Quantizer backends behind one contract (``base.py``); importing this package registers them."""
+
+from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.ema_vq import EMAVectorQuantizer
+from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
+from vqkit.quantizers.vq import VectorQuantizer
+
+__all__ = [
+    "EMAVectorQuantizer",
+    "Quantizer",
+    "QuantizerOutput",
+    "VectorQuantizer",
+    "build_quantizer",
+    "list_quantizers",
+    "register_quantizer",
+]

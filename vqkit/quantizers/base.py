@@ -1,0 +1,94 @@
+"""The quantizer contract: one result type and one abstract base for every backend."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What every quantizer returns from ``forward``.
+
+    Attributes:
+        z_q: (B, N, D) what the decoder sees (straight-through for hard VQ).
+        indices: (B, N) int64 code ids; -1 where ``mask`` is False.
+        loss: scalar, already weighted, to add to the training loss.
+        losses: unweighted parts for logging (``commit``, ``codebook``, ...).
+        mask: (B, N) bool, the positions that are tokens; None means all.
+        probs: (B, N, K) soft posterior, for soft quantizers when asked for.
+        metrics: detached diagnostics.
+    """
+
+    z_q: Tensor
+    indices: Tensor
+    loss: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    mask: Tensor | None = None
+    probs: Tensor | None = None
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Quantizer(nn.Module, ABC):
+    """Abstract base: maps channels-last latents (B, N, D) to codes and back.
+
+    Subclasses set ``dim`` (the latent width they accept) and ``codebook_size``.
+    """
+
+    dim: int
+    codebook_size: int
+
+    @abstractmethod
+    def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
+        """Quantize ``z`` (B, N, D); ``mask`` (B, N) bool marks real tokens."""
+
+    @torch.no_grad()
+    def encode(self, z: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Code ids (B, N) for ``z`` (B, N, D), without touching any codebook state."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(z, mask).indices
+        finally:
+            self.train(was_training)
+
+    @abstractmethod
+    def decode(self, indices: Tensor) -> Tensor:
+        """Vectors (..., D) for ids (...); equals ``forward(z).z_q`` in eval mode."""
+
+    @property
+    @abstractmethod
+    def codebook(self) -> Tensor:
+        """(K, D_code) the codebook the search runs against, after any projector."""
+
+    def check_input(self, z: Tensor, mask: Tensor | None) -> None:
+        """Raise a clear error for inputs every backend rejects."""
+        if not isinstance(z, Tensor):
+            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(z).__name__}.")
+        if z.dim() != 3 or z.shape[-1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} expects latents of shape (batch, tokens, {self.dim}) "
+                f"(channels last), got {tuple(z.shape)}. Flatten images with "
+                "z.flatten(2).transpose(1, 2) or set the quantizer's dim to the encoder's latent_dim."
+            )
+        if not z.is_floating_point():
+            raise TypeError(f"{type(self).__name__} expects floating-point latents, got {z.dtype}.")
+        if mask is not None and (mask.shape != z.shape[:2] or mask.dtype != torch.bool):
+            raise ValueError(
+                f"mask must be a bool tensor of shape {tuple(z.shape[:2])}, "
+                f"got {mask.dtype} {tuple(mask.shape)}."
+            )
+
+    def check_indices(self, indices: Tensor) -> None:
+        """Raise a clear error for ids that cannot be decoded."""
+        if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"decode expects integer code ids, got {indices.dtype}.")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+            raise ValueError(
+                f"code ids must lie in [0, {self.codebook_size - 1}], got range "
+                f"[{int(indices.min())}, {int(indices.max())}]; -1 marks masked positions and "
+                "must be removed before decoding."
+            )
