@@ -1,0 +1,80 @@
+"""Every config option composes and instantiates; the registry and conf/quantizer agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tests.conftest import CONF_DIR
+from vqkit import list_quantizers
+from vqkit.train import instantiate_collection
+
+# Groups whose options are chosen on the CLI (hydra/ and paths/ have a single internal option).
+GROUPS = ["data", "model", "quantizer", "loss", "trainer", "callbacks", "logger", "debug", "recipe"]
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def make_imagenet_tree(root: Path) -> Path:
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 36), (40 * i, 90, 200)).save(folder / f"{i}.png")
+    return root
+
+
+def test_registry_matches_quantizer_configs() -> None:
+    stems = {p.stem for p in (CONF_DIR / "quantizer").glob("*.yaml")}
+    assert stems == set(list_quantizers())
+    for stem in stems:
+        target = OmegaConf.load(CONF_DIR / "quantizer" / f"{stem}.yaml")._target_
+        assert get_class(target).registry_name == stem
+
+
+@pytest.mark.parametrize(("group", "option"), group_options(), ids=lambda v: str(v))
+def test_group_option_composes_and_instantiates(group: str, option: str, make_config, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}"]
+    fast = True
+    if group == "data" and option == "imagenet":
+        overrides += [f"data.root={make_imagenet_tree(tmp_path / 'imagenet')}", "data.image_size=32", "data.num_workers=0"]
+        fast = False
+    if group == "trainer":
+        overrides.append("trainer.accelerator=cpu")
+        if option == "ddp":
+            overrides.append("trainer.devices=1")
+    cfg = make_config(*overrides, fast=fast)
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, L.LightningDataModule)
+    model = instantiate(cfg.model)
+    assert model.quantizer.dim == cfg.model.encoder.latent_dim
+    callbacks = instantiate_collection(cfg.get("callbacks"))
+    loggers = instantiate_collection(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    assert isinstance(trainer, L.Trainer)
+
+
+def test_quantizer_override_form_from_cli(make_config) -> None:
+    cfg = make_config("quantizer=ema_vq", "quantizer.codebook_size=4096", "quantizer.decay=0.8")
+    model = instantiate(cfg.model)
+    assert type(model.quantizer).registry_name == "ema_vq"
+    assert model.quantizer.codebook_size == 4096 and model.quantizer.decay == 0.8
+
+
+def test_dim_mismatch_is_reported(make_config) -> None:
+    cfg = make_config("quantizer.dim=7")
+    with pytest.raises(Exception, match="latent_dim"):
+        instantiate(cfg.model)
+
+
+def test_unknown_option_is_reported(make_config) -> None:
+    with pytest.raises(Exception, match="no_such_option"):
+        make_config("quantizer.no_such_option=1")

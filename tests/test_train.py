@@ -1,0 +1,68 @@
+"""Training runs end to end on the embedded photos: fast_dev_run, a short real run, resume, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from vqkit.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_fast_dev_run(make_config) -> None:
+    result = train(make_config("debug=fdr"))
+    assert result["metrics"]["train/loss"] > 0
+
+
+def test_short_run_writes_every_output(make_config) -> None:
+    cfg = make_config("trainer.max_steps=8", "quantizer=ema_vq", "quantizer.dead_code_threshold=0.5")
+    result = train(cfg)
+    out = Path(result["output_dir"])
+    assert Path(result["checkpoint"]).is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "config.yaml").is_file() and (out / "metrics.json").is_file()
+    assert (out / "samples" / "recon_latest.png").is_file() and (out / "samples" / "usage_latest.png").is_file()
+    assert (out / "csv" / "metrics.csv").read_text().count("\n") > 2
+    for key in ("test/psnr", "test/ssim", "test/codebook/usage", "test/codebook/perplexity", "test/codebook/dead"):
+        assert key in result["metrics"], key
+    assert 0 < result["metrics"]["test/codebook/usage"] <= 1
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["vqkit_config"]["quantizer"]["_target_"].endswith("EMAVectorQuantizer")
+    assert ckpt["global_step"] == 8
+    assert not list((out / "checkpoints").glob("*.tmp")), "temporary checkpoint files left behind"
+
+
+def test_resume_continues_from_checkpoint(make_config) -> None:
+    first = train(make_config("trainer.max_steps=4", "test=false"))
+    resumed = train(make_config("trainer.max_steps=8", "test=false", f"ckpt_path={first['checkpoint']}"))
+    ckpt = torch.load(resumed["checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 8
+
+
+def test_overfit_one_batch_reduces_loss(make_config) -> None:
+    result = train(make_config("debug=overfit", "trainer.max_steps=60", "test=false", "model.optimizer.lr=3e-3"))
+    rows = (Path(result["output_dir"]) / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("train/loss")
+    losses = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_cli_from_another_directory_with_wandb_offline(tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "VQKIT_OUTPUTS": str(tmp_path / "out")}
+    cmd = [
+        sys.executable, "-m", "vqkit.train", "quantizer=ema_vq", "quantizer.codebook_size=64",
+        "trainer.max_steps=3", "logger=[csv,wandb]", "data.image_size=32", "data.train_samples=12",
+        "data.val_samples=4", "data.batch_size=4", "data.num_workers=0", "model.encoder.channels=8",
+        "trainer.enable_progress_bar=false",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("vqkit: finished")]
+    assert summary and "checkpoint:" in summary[0] and "samples:" in summary[0]
+    runs = list((tmp_path / "out" / "train").iterdir())
+    assert len(runs) == 1 and (runs[0] / "wandb").is_dir() and (runs[0] / "samples" / "recon_latest.png").is_file()

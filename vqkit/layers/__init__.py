@@ -1,0 +1,1 @@
+"""Modality-agnostic building blocks."""

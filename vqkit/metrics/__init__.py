@@ -1,0 +1,5 @@
+"""Evaluation metrics (torchmetrics: states are summed across processes)."""
+
+from vqkit.metrics.codebook import CodebookUsage
+
+__all__ = ["CodebookUsage"]

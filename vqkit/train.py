@@ -1,0 +1,97 @@
+"""Train a tokenizer from Hydra configs: ``python -m vqkit.train quantizer=ema_vq data=imagenet data.root=...``.
+
+compose -> instantiate data, model, callbacks, loggers, trainer -> fit -> test ->
+one summary line saying where the checkpoint, config, metrics and samples are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
+
+log = logging.getLogger("vqkit.train")
+
+
+def instantiate_collection(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a name -> config mapping; ``name: null`` disables one."""
+    if not cfg:
+        return []
+    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+
+
+def _find_callback(callbacks: list[Any], kind: type) -> Any:
+    return next((c for c in callbacks if isinstance(c, kind)), None)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; returns the final metrics and the paths of its outputs."""
+    started = time.time()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    config_path = output_dir / "config.yaml"
+    config_path.write_text(OmegaConf.to_yaml(resolved))
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    model.attach_config(resolved)
+    callbacks = instantiate_collection(cfg.get("callbacks"))
+    loggers = instantiate_collection(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("test") and not trainer.fast_dev_run:
+        trainer.test(model, datamodule=datamodule)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+    grid = _find_callback(callbacks, ReconstructionGrid)
+    result = {
+        "output_dir": str(output_dir),
+        "checkpoint": checkpoint or None,
+        "config": str(config_path),
+        "metrics_file": str(output_dir / "metrics.json"),
+        "samples": str(grid.dirpath / "recon_latest.png") if grid is not None and grid.latest else None,
+        "metrics": metrics,
+        "seconds": round(time.time() - started, 1),
+    }
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        print(summary_line(result), flush=True)
+    return result
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One line: where everything is, and the headline metrics."""
+    m = result["metrics"]
+    headline = " ".join(
+        f"{k}={m[k]:.4g}" for k in ("test/psnr", "test/ssim", "test/codebook/usage", "val/psnr") if k in m
+    )
+    return (
+        f"vqkit: finished in {result['seconds']:.0f}s | {headline} | checkpoint: {result['checkpoint']} | "
+        f"config: {result['config']} | metrics: {result['metrics_file']} | samples: {result['samples']}"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
