@@ -25,8 +25,6 @@ FAST_OVERRIDES = [
     "quantizer.codebook_size=32",
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
-    "trainer.enable_progress_bar=false",
-    "callbacks.progress_bar=null",
 ]
 
 

@@ -44,7 +44,7 @@ def test_resume_continues_from_checkpoint(make_config) -> None:
 
 
 def test_overfit_one_batch_reduces_loss(make_config) -> None:
-    result = train(make_config("debug=overfit", "trainer.max_steps=60", "test=false", "model.optimizer.lr=3e-3"))
+    result = train(make_config("debug=overfit", "trainer.max_steps=40", "model.optimizer.lr=3e-3"))
     rows = (Path(result["output_dir"]) / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     col = header.index("train/loss")
@@ -58,7 +58,7 @@ def test_cli_from_another_directory_with_wandb_offline(tmp_path: Path) -> None:
         sys.executable, "-m", "vqkit.train", "quantizer=ema_vq", "quantizer.codebook_size=64",
         "trainer.max_steps=3", "logger=[csv,wandb]", "data.image_size=32", "data.train_samples=12",
         "data.val_samples=4", "data.batch_size=4", "data.num_workers=0", "model.encoder.channels=8",
-        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar.refresh_rate=0",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,3 +66,9 @@ def test_cli_from_another_directory_with_wandb_offline(tmp_path: Path) -> None:
     assert summary and "checkpoint:" in summary[0] and "samples:" in summary[0]
     runs = list((tmp_path / "out" / "train").iterdir())
     assert len(runs) == 1 and (runs[0] / "wandb").is_dir() and (runs[0] / "samples" / "recon_latest.png").is_file()
+
+
+def test_bf16_mixed_training_keeps_quantizer_in_fp32(make_config) -> None:
+    cfg = make_config("debug=fdr", "trainer.precision=bf16-mixed")
+    result = train(cfg)
+    assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))

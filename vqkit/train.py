@@ -30,6 +30,15 @@ def instantiate_collection(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run config with every interpolation resolved, without Hydra's own ``hydra`` node."""
+    return {
+        key: OmegaConf.to_container(node, resolve=True, throw_on_missing=True) if OmegaConf.is_config(node) else node
+        for key, node in cfg.items()
+        if key != "hydra"
+    }
+
+
 def _find_callback(callbacks: list[Any], kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
@@ -43,7 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    resolved = resolved_config(cfg)
     config_path = output_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(resolved))
 

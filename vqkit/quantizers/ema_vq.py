@@ -14,7 +14,7 @@ from torch import Tensor
 from vqkit.quantizers.registry import register_quantizer
 from vqkit.quantizers.search import cluster_sums
 from vqkit.quantizers.distributed import all_reduce_sum
-from vqkit.quantizers.vq import VectorQuantizer
+from vqkit.quantizers.vq import VectorQuantizer, mean_squared_error
 
 
 @register_quantizer("ema_vq")
@@ -24,7 +24,7 @@ class EMAVectorQuantizer(VectorQuantizer):
     Args:
         decay: EMA decay of the counts and sums (0.99 typical; audiocraft uses 0.8).
         eps: Laplace smoothing of the counts, so unused codes never divide by zero.
-        dead_code_threshold: codes whose EMA count (tokens per step) falls below this
+        dead_code_threshold: codes whose running usage (tokens per step) falls below this
             are replaced by batch latents and their EMA statistics reset in the same step.
         **kwargs: everything ``VectorQuantizer`` takes except ``codebook_weight`` and
             ``swap_loss_weights``, which have no meaning without a learned codebook.
@@ -56,16 +56,14 @@ class EMAVectorQuantizer(VectorQuantizer):
     def _raw_codebook(self) -> Tensor:
         return self.embed
 
-    def _usage(self) -> Tensor:
-        return self.cluster_size
-
     @torch.no_grad()
     def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:
         # Reset the EMA statistics of the rewritten rows too, so that the next update
         # does not pull them back toward the stale means they had before.
         mass = max(self.dead_code_threshold, 1.0)
-        self.embed[rows] = vectors.float()
-        self.embed_avg[rows] = vectors.float() * mass
+        vectors = vectors.to(self.embed.dtype)
+        self.embed[rows] = vectors
+        self.embed_avg[rows] = vectors * mass
         self.cluster_size[rows] = mass
         self.code_usage[rows] = self.dead_code_threshold
 
@@ -73,12 +71,12 @@ class EMAVectorQuantizer(VectorQuantizer):
     def _update_codebook(self, z_code: Tensor, indices: Tensor, counts: Tensor) -> None:
         _, sums = cluster_sums(z_code, indices, self.codebook_size)
         all_reduce_sum(sums)  # ``counts`` arrive already summed over ranks
-        self.cluster_size.lerp_(counts, 1.0 - self.decay)
-        self.embed_avg.lerp_(sums, 1.0 - self.decay)
+        self.cluster_size.lerp_(counts.to(self.cluster_size.dtype), 1.0 - self.decay)
+        self.embed_avg.lerp_(sums.to(self.embed_avg.dtype), 1.0 - self.decay)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.codebook_size * self.eps) * n
         self.embed.copy_(self.embed_avg / smoothed.unsqueeze(1))
 
     def _weighted_losses(self, z_code: Tensor, codes: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        commit = torch.nn.functional.mse_loss(z_code, codes.detach())
+        commit = mean_squared_error(z_code, codes.detach())
         return self.commit_weight * commit, {"commit": commit.detach()}

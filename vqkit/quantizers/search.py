@@ -83,8 +83,8 @@ def kmeans(
 ) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means on ``x`` (M, D); distributed-safe.
 
-    Starting centroids are drawn on rank 0 and broadcast; each iteration sums the
-    assignments of every rank, so all ranks return the same centroids. Clusters that
+    Starting centroids are drawn from the data of all ranks (``sample_rows``); each
+    iteration sums the assignments of every rank, so all ranks return the same centroids. Clusters that
     lose all members keep their previous centroid.
 
     Returns:

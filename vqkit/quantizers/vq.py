@@ -91,7 +91,8 @@ class VectorQuantizer(Quantizer):
         self.project_out = nn.Linear(self.code_dim, dim) if factorized else nn.Identity()
         self._init_codebook_storage(torch.randn(codebook_size, self.code_dim) / self.code_dim**0.5)
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
-        self.register_buffer("code_usage", torch.zeros(codebook_size))
+        # Codes start alive at the threshold, so an untrained code is revived only once it goes unused.
+        self.register_buffer("code_usage", torch.full((codebook_size,), float(dead_code_threshold)))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._kmeans_pending: list[Tensor] = []
 
@@ -117,8 +118,8 @@ class VectorQuantizer(Quantizer):
         return self.code_usage
 
     def _weighted_losses(self, z_code: Tensor, codes: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        codebook = F.mse_loss(codes, z_code.detach())
-        commit = F.mse_loss(z_code, codes.detach())
+        codebook = mean_squared_error(codes, z_code.detach())
+        commit = mean_squared_error(z_code, codes.detach())
         w_codebook, w_commit = self.codebook_weight, self.commit_weight
         if self.swap_loss_weights:
             w_codebook, w_commit = w_commit, w_codebook
@@ -131,13 +132,19 @@ class VectorQuantizer(Quantizer):
         return F.normalize(codes, dim=-1) if self.normalize else codes
 
     def _to_code_space(self, z: Tensor) -> Tensor:
-        z_code = self.project_in(z)
-        return F.normalize(z_code, dim=-1) if self.normalize else z_code
+        if isinstance(self.project_in, nn.Linear):
+            z = self.project_in(z.to(self.project_in.weight.dtype)).float()
+        return F.normalize(z, dim=-1) if self.normalize else z
+
+    def _from_code_space(self, codes: Tensor) -> Tensor:
+        if isinstance(self.project_out, nn.Linear):
+            return self.project_out(codes.to(self.project_out.weight.dtype)).float()
+        return codes
 
     def decode(self, indices: Tensor) -> Tensor:
         self.check_indices(indices)
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            return self.project_out(F.embedding(indices.long(), self.codebook))
+            return self._from_code_space(F.embedding(indices.long(), self.codebook))
 
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         self.check_input(z, mask)
@@ -156,7 +163,7 @@ class VectorQuantizer(Quantizer):
             indices, _ = nearest_code(z_code.detach(), codebook.detach(), self.code_chunk, self.row_chunk)
             codes = F.embedding(indices, codebook)  # (M, C), gradients reach the codebook
             loss, losses = self._weighted_losses(z_code, codes)
-            z_q_flat = self.project_out(z_code + (codes - z_code).detach())  # straight-through
+            z_q_flat = self._from_code_space(z_code + (codes - z_code).detach())  # straight-through
             counts = torch.bincount(indices, minlength=self.codebook_size).float()
             metrics = _batch_usage_metrics(counts)
             if self.training:
@@ -169,8 +176,10 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _training_step_updates(self, z_code: Tensor, indices: Tensor, counts: Tensor) -> None:
         global_counts = all_reduce_sum(counts.clone())
+        if global_counts.sum() == 0:  # every position of every rank was masked out
+            return
         self._update_codebook(z_code, indices, global_counts)
-        self.code_usage.lerp_(global_counts, 1.0 - self.usage_decay)
+        self.code_usage.lerp_(global_counts.to(self.code_usage.dtype), 1.0 - self.usage_decay)
         self.steps += 1
         if self.dead_code_threshold > 0 and int(self.steps) % self.revive_every == 0:
             self.revive_dead_codes(z_code)
@@ -199,6 +208,8 @@ class VectorQuantizer(Quantizer):
             return
         data = torch.cat(self._kmeans_pending)
         self._kmeans_pending = []
+        if int(all_reduce_sum(torch.tensor([data.shape[0]], device=data.device))) == 0:
+            return  # nothing to cluster on any rank yet: try again with the next batches
         if data.shape[0] > self.kmeans_max_samples:
             data = data[torch.randperm(data.shape[0], device=data.device)[: self.kmeans_max_samples]]
         centroids, _ = kmeans(data, self.codebook_size, self.kmeans_iters, self.normalize, self.code_chunk)
@@ -214,6 +225,11 @@ class VectorQuantizer(Quantizer):
         ids = torch.full((b, n), -1, dtype=torch.long, device=z.device)
         ids[mask] = indices
         return z_q, ids
+
+
+def mean_squared_error(a: Tensor, b: Tensor) -> Tensor:
+    """MSE that is 0 (not NaN) when every position is masked out, keeping the graph."""
+    return (a - b).pow(2).sum() / max(a.numel(), 1)
 
 
 def _batch_usage_metrics(counts: Tensor) -> dict[str, Tensor]:

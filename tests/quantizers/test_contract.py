@@ -1,0 +1,253 @@
+"""The contract every registered quantizer backend honours (vqkit/quantizers/base.py).
+
+Parametrized over ``list_quantizers()`` so a newly registered backend is covered automatically.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+
+import vqkit.quantizers  # noqa: F401  (registers the backends)
+from vqkit.quantizers import QuantizerOutput, build_quantizer, list_quantizers
+
+D, K, B, N = 8, 16, 3, 10
+NAMES = list_quantizers()
+
+
+def test_registry_lists_the_builtin_backends():
+    assert {"vq", "ema_vq"} <= set(NAMES)
+    with pytest.raises(KeyError, match="known"):
+        build_quantizer("no-such-quantizer", dim=D, codebook_size=K)
+
+
+def make(name: str, seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    return build_quantizer(name, dim=D, codebook_size=K, **kwargs)
+
+
+def latents(seed: int = 1, dtype: torch.dtype = torch.float32, b: int = B, n: int = N) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, D, generator=g).to(dtype)
+
+
+def state(q: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in q.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"state {key!r} differs"
+
+
+@pytest.fixture(params=NAMES)
+def name(request) -> str:
+    return request.param
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_output_shapes_and_dtypes(name, training, dtype):
+    q = make(name).train(training)
+    z = latents(dtype=dtype)
+    out = q(z)
+    assert isinstance(out, QuantizerOutput)
+    assert out.z_q.shape == (B, N, D) and out.z_q.dtype == dtype
+    assert out.indices.shape == (B, N) and out.indices.dtype == torch.int64
+    assert int(out.indices.min()) >= 0 and int(out.indices.max()) < K
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    for part in out.losses.values():
+        assert part.dim() == 0 and torch.isfinite(part)
+    assert out.mask is None
+
+
+def test_gradients_reach_the_input(name):
+    q = make(name).train()
+    z = latents().requires_grad_(True)
+    out = q(z)
+    assert out.loss.requires_grad
+    # the decoder's gradient must pass through z_q (straight-through or soft), not stop there
+    w = torch.randn(B, N, D, generator=torch.Generator().manual_seed(2))
+    (out.z_q * w).sum().backward(retain_graph=True)
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    z.grad = None
+    ((out.z_q * w).sum() + out.loss).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def test_decode_of_encode_equals_forward_in_eval(name):
+    q = make(name)
+    q.train()
+    q(latents(seed=5))  # one training step so the backend is not at its initial state
+    q.eval()
+    z = latents(seed=6)
+    out = q(z)
+    ids = q.encode(z)
+    assert torch.equal(ids, out.indices)
+    rec = q.decode(ids)
+    assert rec.shape == (B, N, D)
+    torch.testing.assert_close(rec.to(out.z_q.dtype), out.z_q, atol=1e-6, rtol=1e-6)
+    # any shape of ids decodes to (..., D)
+    assert q.decode(ids[0, :3]).shape == (3, D)
+    torch.testing.assert_close(q.decode(ids[1:, 2]), rec[1:, 2], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_encode_changes_neither_state_nor_mode(name, training):
+    q = make(name).train(training)
+    before = state(q)
+    ids = q.encode(latents())
+    assert ids.shape == (B, N) and ids.dtype == torch.int64
+    assert q.training is training
+    assert all(m.training is training for m in q.modules())
+    assert_same_state(before, state(q))
+
+
+def test_codebook_property(name):
+    q = make(name)
+    cb = q.codebook
+    assert cb.shape == (K, getattr(q, "code_dim", D))
+    assert cb.dtype == torch.float32
+    q_small = make(name, code_dim=4) if "code_dim" in _init_params(name) else None
+    if q_small is not None:
+        assert q_small.codebook.shape == (K, 4)
+        assert q_small(latents()).z_q.shape == (B, N, D)
+
+
+def _init_params(name: str) -> set[str]:
+    import inspect
+
+    from vqkit.quantizers.registry import quantizer_class
+
+    params = set()
+    for cls in quantizer_class(name).__mro__:
+        if "__init__" in vars(cls):
+            params |= set(inspect.signature(cls.__init__).parameters)
+    return params
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mask_marks_ignored_positions(name, training):
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(B, N, generator=g) > 0.4
+    mask[0, 0], mask[0, 1] = True, False
+    z1 = latents()
+    z2 = z1.clone()
+    z2[~mask] = 50.0 * torch.randn(int((~mask).sum()), D, generator=g)  # very different padding
+    q1 = make(name).train(training)
+    q2 = copy.deepcopy(q1)
+
+    z1.requires_grad_(True)
+    out1 = q1(z1, mask)
+    out2 = q2(z2, mask)
+
+    assert torch.equal(out1.mask, mask)
+    assert (out1.indices[~mask] == -1).all()
+    assert (out1.indices[mask] >= 0).all() and (out1.indices[mask] < K).all()
+    assert torch.equal(out1.indices, out2.indices)
+    torch.testing.assert_close(out1.loss, out2.loss, atol=0, rtol=0)
+    assert out1.losses.keys() == out2.losses.keys()
+    for key in out1.losses:
+        torch.testing.assert_close(out1.losses[key], out2.losses[key], atol=0, rtol=0)
+    torch.testing.assert_close(out1.z_q[mask], out2.z_q[mask], atol=0, rtol=0)
+    assert torch.isfinite(out1.z_q).all()
+    # training statistics (EMA, usage, ...) ignore the padding too
+    assert_same_state(state(q1), state(q2))
+    # the loss sends no gradient to padding
+    out1.loss.backward()
+    assert (z1.grad[~mask] == 0).all()
+    assert z1.grad[mask].abs().sum() > 0
+
+
+def test_mask_does_not_change_unmasked_indices(name):
+    q = make(name).eval()
+    z = latents()
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    mask[:, ::2] = True
+    assert torch.equal(q(z, mask).indices[mask], q(z).indices[mask])
+    assert torch.equal(q.encode(z, mask), q(z, mask).indices)
+
+
+def test_autocast_bf16_keeps_search_and_statistics_fp32(name):
+    q_amp = make(name).train()
+    q_ref = copy.deepcopy(q_amp)
+    # many tokens, so that a search run in bf16 would flip some near-tie assignments
+    z = latents(dtype=torch.bfloat16, b=4, n=500).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = q_amp(z)
+        (out.z_q.float().sum() + out.loss).backward()
+    ref = q_ref(z.detach().float())  # same values, no autocast
+
+    assert out.z_q.dtype == torch.bfloat16
+    assert torch.equal(out.indices, ref.indices)
+    assert torch.equal(out.z_q, ref.z_q.to(torch.bfloat16))
+    torch.testing.assert_close(out.loss.float(), ref.loss, atol=1e-6, rtol=1e-6)
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    assert q_amp.codebook.dtype == torch.float32
+    for key, value in q_amp.state_dict().items():
+        if value.is_floating_point():
+            assert value.dtype == torch.float32, key
+    # the statistics updated by the step are exactly the fp32 ones
+    assert_same_state(state(q_amp), state(q_ref))
+
+
+def test_rejects_bad_inputs_with_clear_errors(name):
+    q = make(name)
+    with pytest.raises(ValueError, match=rf"\(batch, tokens, {D}\)"):
+        q(torch.randn(B, N, D + 1))
+    with pytest.raises(ValueError, match="channels last"):
+        q(torch.randn(B * N, D))
+    with pytest.raises(ValueError):
+        q(torch.randn(B, N, D, 1))
+    z = latents()
+    z[1, 2, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN"):
+        q(z)
+    z[1, 2, 3] = float("inf")
+    with pytest.raises(FloatingPointError):
+        q(z)
+    with pytest.raises(TypeError, match="floating"):
+        q(torch.randint(0, 5, (B, N, D)))
+    with pytest.raises(ValueError, match="mask"):
+        q(latents(), torch.ones(B, N))  # float mask
+    with pytest.raises(ValueError, match="mask"):
+        q(latents(), torch.ones(B, N + 1, dtype=torch.bool))
+
+
+def test_decode_rejects_invalid_ids(name):
+    q = make(name)
+    valid = re.escape(f"[0, {K - 1}]")
+    with pytest.raises(ValueError, match=valid):
+        q.decode(torch.tensor([[0, K]]))
+    with pytest.raises(ValueError, match=valid):
+        q.decode(torch.tensor([3, -1, 2]))
+    with pytest.raises(ValueError, match="-1"):
+        q.decode(torch.full((2,), -1))
+    with pytest.raises(TypeError):
+        q.decode(torch.tensor([0.0, 1.0]))
+    # the edge ids are fine, also in narrower integer types
+    assert q.decode(torch.tensor([0, K - 1], dtype=torch.int32)).shape == (2, D)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_all_masked_batch_gives_zero_loss_and_no_update(name, training):
+    q = make(name, kmeans_init=True, dead_code_threshold=1.0).train(training)
+    before = state(q)
+    z = latents().requires_grad_(True)
+    out = q(z, torch.zeros(B, N, dtype=torch.bool))
+    assert (out.indices == -1).all()
+    assert out.loss.item() == 0.0 and torch.isfinite(out.loss)
+    (out.loss + out.z_q.sum()).backward()
+    assert_same_state(before, state(q))
+
+
+def test_module_cast_to_low_precision_still_runs(name):
+    q = make(name, code_dim=4).to(torch.bfloat16).train()
+    z = latents(dtype=torch.bfloat16)
+    out = q(z)
+    assert out.z_q.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert q.codebook.dtype == torch.float32

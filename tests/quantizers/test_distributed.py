@@ -1,0 +1,161 @@
+"""Codebook state stays identical across ranks (gloo, 2 CPU processes).
+
+Each rank feeds different latents; k-means init, EMA statistics, dead-code revival and
+gradient steps must leave every rank with bit-identical codebooks, and the result must
+differ from a single-process run on rank 0's data (so the test proves the sync happens).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vqkit.quantizers import build_quantizer
+
+WORLD = 2
+D, K, STEPS = 4, 32, 4
+KINDS = ("ema_vq", "vq")
+# Rank r's latents sit around CENTRES[r]: far apart, so codes placed from one rank's data
+# alone are easy to tell from codes placed from both.
+CENTRES = (torch.tensor([3.0, 0.0, 0.0, 0.0]), torch.tensor([-3.0, 0.0, 0.0, 0.0]))
+TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _build(kind: str):
+    torch.manual_seed(0)  # identical construction on every rank and in the single-process run
+    if kind == "ema_vq":
+        q = build_quantizer(kind, dim=D, codebook_size=K, kmeans_init=True, dead_code_threshold=3.0, decay=0.9)
+    else:
+        q = build_quantizer(kind, dim=D, codebook_size=K, kmeans_init=True, dead_code_threshold=2.0, usage_decay=0.9)
+    encoder = torch.nn.Linear(D, D)  # trainable, starts as the identity so codes live in data space at step 0
+    with torch.no_grad():
+        encoder.weight.copy_(torch.eye(D))
+        encoder.bias.zero_()
+    return q, encoder
+
+
+def _train(kind: str, rank: int) -> dict:
+    """A few training steps on this rank's data; returns everything the parent compares."""
+    q, encoder = _build(kind)
+    params = [p for p in [*encoder.parameters(), *q.parameters()] if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1)
+
+    revived: list[int] = []
+    revive = q.revive_dead_codes
+
+    def counting_revive(z_code):
+        n = revive(z_code)
+        revived.append(n)
+        return n
+
+    q.revive_dead_codes = counting_revive
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    g = torch.Generator().manual_seed(1000 + rank)  # different data on every rank
+    initial = q.codebook.detach().clone()
+    after_kmeans = None
+    for step in range(STEPS):
+        x = CENTRES[rank] + 0.5 * torch.randn(2, 32, D, generator=g)
+        out = q(encoder(x))
+        loss = out.loss + (out.z_q - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        for p in params:
+            if world > 1:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+        opt.step()
+        if step == 0:
+            after_kmeans = q.codebook.detach().clone()
+
+    return {
+        "state": {k: v.detach().clone() for k, v in q.state_dict().items()},
+        "encoder": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
+        "initial": initial,
+        "after_kmeans": after_kmeans,
+        "revived": revived,
+    }
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    try:
+        results = {kind: _train(kind, rank) for kind in KINDS}
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:  # the same run without the other rank, same seeds
+        assert not dist.is_initialized()
+        results["single"] = {kind: _train(kind, 0) for kind in KINDS}
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+
+
+def _near(codebook: torch.Tensor, centre: torch.Tensor) -> int:
+    return int(((codebook - centre).norm(dim=1) < 2.0).sum())
+
+
+@pytest.mark.slow
+def test_codebooks_stay_identical_across_ranks(tmp_path):
+    ctx = mp.start_processes(
+        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not ctx.join(timeout=2):  # raises if a child failed
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
+    assert [p.exitcode for p in ctx.processes] == [0] * WORLD
+
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    for kind in KINDS:
+        a, b, single = r0[kind], r1[kind], r0["single"][kind]
+
+        # k-means ran on the first step, over the data of both ranks
+        assert bool(a["state"]["initialized"]) and bool(b["state"]["initialized"])
+        assert not torch.allclose(a["after_kmeans"], a["initial"])
+        # (starting centroids and revived vectors are drawn from rank 0's batch, so codes reach
+        # rank 1's blob only through the all-reduced Lloyd sums)
+        assert _near(a["after_kmeans"], CENTRES[0]) >= 3, a["after_kmeans"]
+        assert _near(a["after_kmeans"], CENTRES[1]) >= 1, a["after_kmeans"]
+        assert _near(single["after_kmeans"], CENTRES[1]) == 0  # rank 0 alone never sees the -3 blob
+
+        # revival happened, with the same dead set on both ranks
+        assert sum(a["revived"]) > 0, a["revived"]
+        assert a["revived"] == b["revived"]
+
+        # every piece of quantizer state (codebook, EMA buffers, usage, flags) is bit-identical
+        assert a["state"].keys() == b["state"].keys()
+        for key in a["state"]:
+            assert torch.equal(a["state"][key], b["state"][key]), f"{kind}: {key} differs between ranks"
+        for key in a["encoder"]:
+            assert torch.equal(a["encoder"][key], b["encoder"][key]), f"{kind}: encoder {key} differs"
+        torch.testing.assert_close(a["after_kmeans"], b["after_kmeans"], atol=0, rtol=0)
+
+        # ... and it is not what rank 0 would have computed alone
+        codebook_key = "embed" if kind == "ema_vq" else "embedding"
+        assert not torch.allclose(a["state"][codebook_key], single["state"][codebook_key])
+        if kind == "ema_vq":
+            assert not torch.allclose(a["state"]["cluster_size"], single["state"]["cluster_size"])
