@@ -3,12 +3,14 @@
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
 from vqkit.quantizers.ema_vq import EMAVectorQuantizer
 from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
+from vqkit.quantizers.softvq import SoftVectorQuantizer
 from vqkit.quantizers.vq import VectorQuantizer
 
 __all__ = [
     "EMAVectorQuantizer",
     "Quantizer",
     "QuantizerOutput",
+    "SoftVectorQuantizer",
     "VectorQuantizer",
     "build_quantizer",
     "list_quantizers",

@@ -35,11 +35,15 @@ class QuantizerOutput:
 class Quantizer(nn.Module, ABC):
     """Abstract base: maps channels-last latents (B, N, D) to codes and back.
 
-    Subclasses set ``dim`` (the latent width they accept) and ``codebook_size``.
+    Subclasses set ``dim`` (the latent width they accept) and ``codebook_size``. Soft
+    quantizers (``soft = True``) hand the decoder a mix of codes: their ``encode``
+    gives the posterior's argmax ids and ``decode`` the hard codes of those ids, so
+    ``decode(encode(z))`` is the hard approximation of ``forward(z).z_q``.
     """
 
     dim: int
     codebook_size: int
+    soft: bool = False
 
     @abstractmethod
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
@@ -57,7 +61,7 @@ class Quantizer(nn.Module, ABC):
 
     @abstractmethod
     def decode(self, indices: Tensor) -> Tensor:
-        """Vectors (..., D) for ids (...); equals ``forward(z).z_q`` in eval mode."""
+        """Vectors (..., D) for ids (...); for hard quantizers equals ``forward(z).z_q`` in eval mode."""
 
     @property
     @abstractmethod
