@@ -39,6 +39,8 @@ class TokenizerModule(L.LightningModule):
         data_mean: subtracted from the data before the encoder.
         data_std: the data is divided by it before the encoder (images: 0.5/0.5 -> [-1, 1]).
         data_range: clamp range of reconstructions in the natural scale, None for no clamp.
+        repa: optional representation alignment ``repa(z_q, data) -> loss`` (``vqkit.losses.repa``).
+        repa_weight: its weight; 0 = computed and logged only.
     """
 
     def __init__(
@@ -54,6 +56,8 @@ class TokenizerModule(L.LightningModule):
         data_mean: float = 0.5,
         data_std: float = 0.5,
         data_range: tuple[float, float] | None = (0.0, 1.0),
+        repa: nn.Module | None = None,
+        repa_weight: float = 0.1,
     ) -> None:
         super().__init__()
         latent_dim = getattr(encoder, "latent_dim", quantizer.dim)
@@ -72,6 +76,8 @@ class TokenizerModule(L.LightningModule):
         self.data_mean = data_mean
         self.data_std = data_std
         self.data_range = tuple(data_range) if data_range is not None else None
+        self.repa = repa
+        self.repa_weight = repa_weight
         collection = MetricCollection(dict(metrics or {}))
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
@@ -126,6 +132,10 @@ class TokenizerModule(L.LightningModule):
         logs.update({f"rec/{k}": v for k, v in rec_terms.items()})
         logs.update({f"quantizer/{k}": v for k, v in q.losses.items()})
         logs.update({f"codebook/batch_{k}": v for k, v in q.metrics.items()})
+        if self.repa is not None:
+            repa = self.repa(q.z_q, x_norm * self.data_std + self.data_mean)
+            total = total + self.repa_weight * repa
+            logs.update({"repa": repa.detach(), "loss": total.detach()})
         return total, x_hat, q, logs
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -143,7 +153,7 @@ class TokenizerModule(L.LightningModule):
     def _eval_step(self, batch: Any, stage: str, metrics: MetricCollection, usage: CodebookUsage) -> None:
         x = self._data(batch)
         _, x_hat, q, logs = self._losses(self.normalize(x))
-        keep = ("loss", "rec") + tuple(k for k in logs if k.startswith(("rec/", "quantizer/")))
+        keep = ("loss", "rec") + tuple(k for k in logs if k.startswith(("rec/", "quantizer/", "repa")))
         self.log_dict({f"{stage}/{k}": logs[k] for k in keep}, sync_dist=True, batch_size=x.shape[0])
         metrics.update(self.denormalize(x_hat), x.float())
         usage.update(q.indices)

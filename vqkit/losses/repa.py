@@ -1,0 +1,57 @@
+"""Representation alignment (REPA) of tokens to frozen pretrained features.
+
+An MLP maps each token z_q (B, N, D) to the feature width; the loss is the negative
+cosine similarity to the frozen encoder's patch features, averaged over tokens. When
+the token count N differs from the patch count P (1-D tokenizers: 32-128 tokens), the
+patch features are average-pooled along the sequence to N; for 2-D token grids with
+N = h*w they are resized on the grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqkit.layers.feature_encoder import FrozenFeatureEncoder
+
+
+class RepresentationAlignment(nn.Module):
+    """``loss(tokens, images)`` = -mean cos(MLP(tokens), features(images)).
+
+    Args:
+        token_dim: width of the tokens.
+        feature_encoder: the frozen encoder giving the target features.
+        hidden_dim: width of the MLP's hidden layers.
+    """
+
+    def __init__(self, token_dim: int, feature_encoder: FrozenFeatureEncoder, hidden_dim: int = 512) -> None:
+        super().__init__()
+        self.feature_encoder = feature_encoder
+        self.projector = nn.Sequential(
+            nn.Linear(token_dim, hidden_dim), nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.SiLU(),
+            nn.Linear(hidden_dim, feature_encoder.feature_dim),
+        )
+
+    @staticmethod
+    def match_count(features: Tensor, n: int) -> Tensor:
+        """Features (B, P, F) -> (B, n, F): grid resize when both are squares, else pooling along the sequence."""
+        p = features.shape[1]
+        if p == n:
+            return features
+        side_p, side_n = math.isqrt(p), math.isqrt(n)
+        if side_p * side_p == p and side_n * side_n == n:
+            grid = features.transpose(1, 2).reshape(features.shape[0], -1, side_p, side_p)
+            grid = F.interpolate(grid, size=(side_n, side_n), mode="bilinear", antialias=side_n < side_p)
+            return grid.flatten(2).transpose(1, 2)
+        return F.adaptive_avg_pool1d(features.transpose(1, 2), n).transpose(1, 2)
+
+    def forward(self, tokens: Tensor, images: Tensor) -> Tensor:
+        """Tokens (B, N, D) and images in [0, 1] (B, 3, H, W) -> scalar loss in [-1, 1]."""
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            target = self.match_count(self.feature_encoder(images), tokens.shape[1])
+            pred = self.projector(tokens.float())
+            return -F.cosine_similarity(pred, target.float(), dim=-1).mean()
