@@ -39,6 +39,16 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def save_final_checkpoint(trainer: L.Trainer) -> str | None:
+    """Write ``last.ckpt`` at the step training stopped (the callback saves only at epoch ends)."""
+    callback = trainer.checkpoint_callback
+    if callback is None or trainer.fast_dev_run or not getattr(callback, "dirpath", None):
+        return None
+    path = str(Path(callback.dirpath) / "last.ckpt")
+    trainer.save_checkpoint(path)
+    return path
+
+
 def _find_callback(callbacks: list[Any], kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
@@ -61,14 +71,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.attach_config(resolved)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer_overrides: dict[str, Any] = {}
+    if not model.automatic_optimization and cfg.trainer.get("gradient_clip_val") is not None:
+        # Lightning refuses automatic clipping with manual optimization; such modules clip by themselves.
+        log.info("manual optimization: trainer.gradient_clip_val ignored, the model clips its own gradients")
+        trainer_overrides["gradient_clip_val"] = None
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    checkpoint = save_final_checkpoint(trainer)
     if cfg.get("test") and not trainer.fast_dev_run:
         trainer.test(model, datamodule=datamodule)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
     grid = _find_callback(callbacks, ReconstructionGrid)
     result = {
         "output_dir": str(output_dir),

@@ -153,7 +153,7 @@ class TokenizerModule(L.LightningModule):
     def _eval_step(self, batch: Any, stage: str, metrics: MetricCollection, usage: CodebookUsage) -> None:
         x = self._data(batch)
         _, x_hat, q, logs = self._losses(self.normalize(x))
-        keep = ("loss", "rec") + tuple(k for k in logs if k.startswith(("rec/", "quantizer/", "repa")))
+        keep = ("loss", "rec") + tuple(k for k in logs if k.startswith(("rec/", "quantizer/", "repa", "perceptual")))
         self.log_dict({f"{stage}/{k}": logs[k] for k in keep}, sync_dist=True, batch_size=x.shape[0])
         metrics.update(self.denormalize(x_hat), x.float())
         usage.update(q.indices)

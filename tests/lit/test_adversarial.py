@@ -1,0 +1,272 @@
+"""VQGAN-style training: GAN losses, LeCAM, adaptive weight, PatchGAN, and AdversarialTokenizerModule runs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from vqkit.layers.discriminator import NLayerDiscriminator
+from vqkit.lit.adversarial_module import AdversarialTokenizerModule
+from vqkit.losses.adversarial import (
+    LeCAMRegularizer,
+    adaptive_generator_weight,
+    discriminator_loss,
+    generator_loss,
+    lecam_penalty,
+)
+from vqkit.train import train
+
+# Small model overrides on top of conftest's FAST_OVERRIDES; a 2-layer PatchGAN takes images from 12 pixels.
+GAN = [
+    "model=image_conv_gan",
+    "trainer.gradient_clip_val=null",
+    "data.image_size=16",
+    "data.train_samples=8",
+    "data.val_samples=4",
+    "model.discriminator.channels=8",
+    "model.discriminator.num_layers=2",
+    "model.perceptual._target_=tests.lit.test_adversarial.TinyPerceptual",
+]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: these tiny models run faster than with two threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyPerceptual(nn.Module):
+    """Stand-in for LPIPS: per-sample squared distance of random conv features (has a dropout to check eval mode)."""
+
+    def __init__(self, weights_path: str | None = None) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 4, 3, padding=1)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        diff = self.dropout(self.features(x_hat)) - self.dropout(self.features(x))
+        return diff.pow(2).mean(dim=(1, 2, 3))
+
+
+# --- losses -----------------------------------------------------------------------------
+def test_hinge_discriminator_loss_is_zero_only_when_logits_are_separated() -> None:
+    real, fake = torch.tensor([1.0, 2.5, 1.0]), torch.tensor([-1.0, -3.0])
+    assert discriminator_loss(real, fake, "hinge") == 0
+    assert discriminator_loss(real - 0.5, fake, "hinge") > 0
+    assert discriminator_loss(real, fake + 0.1, "hinge") > 0
+    # 0.5 * (mean(relu(1 - r)) + mean(relu(1 + f))) for r = 0, f = 0
+    assert torch.isclose(discriminator_loss(torch.zeros(4), torch.zeros(4), "hinge"), torch.tensor(1.0))
+    ns = discriminator_loss(torch.zeros(4), torch.zeros(4), "non_saturating")
+    assert torch.isclose(ns, torch.log(torch.tensor(2.0)))
+    assert torch.isclose(generator_loss(torch.tensor([0.5, 1.5]), "hinge"), torch.tensor(-1.0))
+    assert torch.isclose(generator_loss(torch.zeros(3), "non_saturating"), torch.log(torch.tensor(2.0)))
+    with pytest.raises(ValueError, match="unknown GAN loss"):
+        discriminator_loss(real, fake, "wgan")
+
+
+def test_lecam_matches_its_formula_with_ema_anchors() -> None:
+    torch.manual_seed(0)
+    reg = LeCAMRegularizer(decay=0.9)
+    ema_r = ema_f = 0.0
+    for _ in range(3):
+        real, fake = torch.randn(2, 1, 3, 3) + 1.0, torch.randn(2, 1, 3, 3) - 1.0
+        ema_r = 0.9 * ema_r + 0.1 * real.mean().item()
+        ema_f = 0.9 * ema_f + 0.1 * fake.mean().item()
+        expected = (torch.relu(real - ema_f) ** 2).mean() + (torch.relu(ema_r - fake) ** 2).mean()
+        torch.testing.assert_close(reg(real, fake), expected)
+    torch.testing.assert_close(reg.ema_real, torch.tensor(ema_r))
+    torch.testing.assert_close(reg.ema_fake, torch.tensor(ema_f))
+    assert set(reg.state_dict()) == {"ema_real", "ema_fake"}
+    reg.eval()  # no update in eval mode
+    real, fake = torch.randn(4), torch.randn(4)
+    reg(real, fake)
+    torch.testing.assert_close(reg.ema_real, torch.tensor(ema_r))
+    torch.testing.assert_close(lecam_penalty(real, fake, reg.ema_real, reg.ema_fake), reg(real, fake))
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer() -> None:
+    torch.manual_seed(0)
+    decoder = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 3, 3, padding=1))
+    critic = nn.Conv2d(3, 1, 3)
+    x_hat = decoder(torch.randn(2, 4, 8, 8))
+    target = torch.randn(2, 3, 8, 8)
+    last = decoder[-1].weight
+
+    nll = (x_hat - target).abs().mean()
+    g_loss = -critic(x_hat).mean()
+    weight = adaptive_generator_weight(nll, g_loss, last)
+    assert last.grad is None, "the adaptive weight must not write .grad"
+
+    nll.backward(retain_graph=True)
+    nll_norm = last.grad.norm()
+    last.grad = None
+    g_loss.backward()
+    expected = nll_norm / (last.grad.norm() + 1e-4)
+    torch.testing.assert_close(weight, expected)
+    assert not weight.requires_grad
+    x_hat = decoder(torch.randn(2, 4, 8, 8))
+    clamped = adaptive_generator_weight(x_hat.pow(2).sum() * 1e9, -critic(x_hat).mean() * 1e-9, last, max_weight=1e4)
+    assert clamped == 1e4
+
+
+# --- discriminator ----------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+def test_patchgan_shapes_norms_and_init(norm: str) -> None:
+    torch.manual_seed(0)
+    disc = NLayerDiscriminator(in_channels=3, channels=16, num_layers=3, norm=norm)
+    assert disc(torch.randn(2, 3, 64, 64)).shape == (2, 1, 6, 6)
+    convs = [m for m in disc.modules() if isinstance(m, nn.Conv2d)]
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    assert abs(weights.std().item() - 0.02) < 0.002 and abs(weights.mean().item()) < 0.002
+    assert all(c.bias is None or not c.bias.any() for c in convs)
+    kinds = {type(m) for m in disc.modules()}
+    assert (nn.GroupNorm in kinds) == (norm == "group") and (nn.BatchNorm2d in kinds) == (norm == "batch")
+    with pytest.raises(ValueError, match="num_layers"):
+        disc(torch.randn(1, 3, 16, 16))
+
+
+def test_patchgan_rejects_unknown_norm() -> None:
+    with pytest.raises(ValueError, match="unknown discriminator norm"):
+        NLayerDiscriminator(norm="layer")
+
+
+# --- the Lightning module -----------------------------------------------------------------
+def _module(make_config, *overrides: str) -> AdversarialTokenizerModule:
+    cfg = make_config(*GAN, "model.scheduler=null", "model.disc_scheduler=null", *overrides)
+    return instantiate(cfg.model)
+
+
+def _loader(n: int = 12) -> DataLoader:
+    images = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return DataLoader(TensorDataset(images), batch_size=2)
+
+
+def _fit(module: L.LightningModule, max_steps: int, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=_loader())
+    return trainer
+
+
+class _Snapshots(L.Callback):
+    """Discriminator weights and trainer.global_step after every training batch."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, dict[str, Tensor]]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.rows.append((batch_idx, trainer.global_step, copy.deepcopy(module.discriminator.state_dict())))
+
+
+def test_module_wiring(make_config) -> None:
+    module = _module(make_config, "model.perceptual_warmup_steps=10", "model.perceptual_weight=2.0")
+    disc = {id(p) for p in module.discriminator.parameters()}
+    generator = [p for g in module.parameter_groups() for p in g["params"]]
+    assert generator and not disc & {id(p) for p in generator}
+    assert not any(id(p) in {id(q) for q in module.perceptual.parameters()} for p in generator)
+    assert module.decoder.get_parameter(module.last_layer) is module.decoder.net[-1].weight  # the output conv
+    module.train()
+    assert module.training and module.discriminator.training and not module.perceptual.training
+    assert [module.perceptual_weight_at(s) for s in (0, 5, 10, 50)] == [0.0, 1.0, 2.0, 2.0]
+    # The frozen perceptual network stays out of state dicts; loading one keeps the module's own weights.
+    state = module.state_dict()
+    assert not any(k.startswith("perceptual.") for k in state) and any(k.startswith("discriminator.") for k in state)
+    features = module.perceptual.features.weight.clone()
+    module.perceptual.features.weight.data.add_(1.0)
+    module.load_state_dict(state, strict=True)
+    assert torch.equal(module.perceptual.features.weight, features + 1.0)
+    with pytest.raises(Exception, match="is not a decoder parameter"):
+        _module(make_config, "model.last_layer=nope.weight")
+
+
+def test_disc_start_gates_the_discriminator_and_global_step_counts_batches(make_config) -> None:
+    module = _module(make_config, "model.disc_start=3", "model.lecam_weight=0.01")
+    initial = copy.deepcopy(module.discriminator.state_dict())
+    snapshots = _Snapshots()
+    trainer = _fit(module, max_steps=5, callbacks=[snapshots])
+
+    assert [(b, s) for b, s, _ in snapshots.rows] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert trainer.global_step == 5
+    for batch_idx, _, state in snapshots.rows:
+        unchanged = all(torch.equal(state[k], initial[k]) for k in initial)
+        assert unchanged == (batch_idx < 3), batch_idx
+    opt_g, opt_d = trainer.optimizers
+    assert {s["step"].item() for s in opt_g.state.values()} == {5}
+    assert {s["step"].item() for s in opt_d.state.values()} == {2}
+    for key in ("train/d_loss", "train/g_loss", "train/adaptive_weight", "train/logits_real", "train/logits_fake",
+                "train/lecam", "train/perceptual", "train/perceptual_weight", "train/rec", "train/loss"):
+        assert key in trainer.callback_metrics, key
+
+
+def test_zero_disc_weight_leaves_the_generator_update_unchanged(make_config) -> None:
+    torch.manual_seed(0)
+    logged = _module(make_config, "model.disc_start=0", "model.disc_weight=0.0")
+    torch.manual_seed(0)
+    without = _module(make_config, "model.disc_start=1000")
+    weighted = copy.deepcopy(without)
+    weighted.disc_start = 0
+
+    trainer = _fit(logged, max_steps=3)
+    _fit(without, max_steps=3)
+    _fit(weighted, max_steps=3)
+
+    generator = ("encoder.", "quantizer.", "decoder.")
+    for name, p in without.named_parameters():
+        if name.startswith(generator):
+            torch.testing.assert_close(dict(logged.named_parameters())[name], p, rtol=0, atol=1e-6, msg=name)
+    assert not all(
+        torch.allclose(dict(weighted.named_parameters())[n], p) for n, p in without.named_parameters()
+        if n.startswith("decoder.")
+    ), "with disc_weight > 0 the adversarial term must change the decoder's update"
+    assert trainer.callback_metrics["train/g_loss"].abs() > 0
+    assert trainer.callback_metrics["train/adaptive_weight"] > 0
+
+
+def test_trainer_gradient_clipping_is_refused(make_config) -> None:
+    cfg = make_config(*GAN[:1], *GAN[2:], "debug=fdr")
+    assert cfg.trainer.gradient_clip_val == 1.0
+    with pytest.raises(MisconfigurationException, match="gradient clipping is not supported for manual"):
+        train(cfg)
+
+
+def test_train_writes_checkpoint_with_discriminator_and_both_optimizers_and_resumes(make_config) -> None:
+    # 8 samples in batches of 4: 2 steps an epoch; the last checkpoint is written at the end of an epoch.
+    first = train(make_config(*GAN, "trainer.max_steps=6", "trainer.log_every_n_steps=1", "model.disc_start=2"))
+    ckpt = torch.load(first["checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6
+    assert any(k.startswith("discriminator.net.") for k in ckpt["state_dict"])
+    assert not any(k.startswith("perceptual.") for k in ckpt["state_dict"])
+    assert {"lecam.ema_real", "lecam.ema_fake"} <= set(ckpt["state_dict"])
+    assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
+    steps = [{s["step"].item() for s in opt["state"].values()} for opt in ckpt["optimizer_states"]]
+    assert steps == [{6}, {4}]
+    assert ckpt["vqkit_config"]["model"]["_target_"].endswith("AdversarialTokenizerModule")
+    assert "test/psnr" in first["metrics"] and "test/loss" in first["metrics"]
+    header = (Path(first["output_dir"]) / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("val/loss", "val/psnr", "train/d_loss", "train/g_loss", "train/perceptual", "lr-discriminator"):
+        assert key in header, key
+
+    resumed = train(
+        make_config(*GAN, "trainer.max_steps=8", "model.disc_start=2", "test=false", f"ckpt_path={first['checkpoint']}")
+    )
+    ckpt = torch.load(resumed["checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 8
+    steps = [{s["step"].item() for s in opt["state"].values()} for opt in ckpt["optimizer_states"]]
+    assert steps == [{8}, {6}], "both optimizers continue from their restored states"
+    assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [8, 6]
+    assert Path(resumed["output_dir"], "samples", "recon_latest.png").is_file()
