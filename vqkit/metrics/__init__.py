@@ -1,5 +1,6 @@
 """Evaluation metrics (torchmetrics: states are summed across processes)."""
 
 from vqkit.metrics.codebook import CodebookUsage
+from vqkit.metrics.latent_stats import LatentStatistics
 
-__all__ = ["CodebookUsage"]
+__all__ = ["CodebookUsage", "LatentStatistics"]
