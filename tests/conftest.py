@@ -6,12 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from vqkit.config import CONF_DIR, compose_train_config
 
 # Small enough that one optimizer step takes well under a second on a CPU core.
 FAST_OVERRIDES = [
@@ -26,20 +24,22 @@ FAST_OVERRIDES = [
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
 ]
+# The same for the transformer (1-D) models, which have no `channels`.
+FAST_1D_MODEL = [
+    "model.encoder.width=32",
+    "model.encoder.depth=1",
+    "model.encoder.num_heads=2",
+    "model.encoder.num_latent_tokens=8",
+    "model.encoder.latent_dim=8",
+]
+compose_config = compose_train_config
 
 
-def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
-    """Compose like the CLI does, with ``hydra:`` interpolations resolvable and outputs in ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
+def fast_overrides(overrides: list[str]) -> list[str]:
+    """FAST_OVERRIDES adapted to the model the overrides pick."""
+    if any(o.startswith("model=image_1d") for o in overrides):
+        return [o for o in FAST_OVERRIDES if not o.startswith("model.")] + FAST_1D_MODEL
+    return FAST_OVERRIDES
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_config(*overrides, fast=True)`` -> a composed train config writing under tmp_path."""
 
     def make(*overrides: str, fast: bool = True) -> DictConfig:
-        return compose_config((FAST_OVERRIDES if fast else []) + list(overrides), tmp_path / "run")
+        return compose_config((fast_overrides(list(overrides)) if fast else []) + list(overrides), tmp_path / "run")
 
     yield make
     GlobalHydra.instance().clear()

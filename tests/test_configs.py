@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.conftest import CONF_DIR
 from vqkit import list_quantizers
-from vqkit.train import instantiate_collection
+from vqkit.train import instantiate_collection, train
 
 # Groups whose options are chosen on the CLI (hydra/ and paths/ have a single internal option).
 GROUPS = ["data", "model", "quantizer", "loss", "trainer", "callbacks", "logger", "debug", "recipe"]
@@ -32,6 +32,19 @@ def make_imagenet_tree(root: Path) -> Path:
     return root
 
 
+def recipe_overrides(name: str) -> list[str]:
+    """Run a recipe on the embedded photos, naming its model on the CLI so the fast overrides fit it."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "recipe" / f"{name}.yaml")).get("defaults", [])
+    models = [v for d in defaults if isinstance(d, dict) for k, v in d.items() if k == "override /model"]
+    return [f"recipe={name}", "data=photos"] + [f"model={m}" for m in models]
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted((CONF_DIR / "recipe").glob("*.yaml"))])
+def test_recipe_trains_on_embedded_data(name: str, make_config) -> None:
+    result = train(make_config(*recipe_overrides(name), "debug=fdr", "trainer.precision=32-true"))
+    assert result["metrics"]["train/loss"] > 0
+
+
 def test_registry_matches_quantizer_configs() -> None:
     stems = {p.stem for p in (CONF_DIR / "quantizer").glob("*.yaml")}
     assert stems == set(list_quantizers())
@@ -47,6 +60,8 @@ def test_group_option_composes_and_instantiates(group: str, option: str, make_co
     if group == "data" and option == "imagenet":
         overrides += [f"data.root={make_imagenet_tree(tmp_path / 'imagenet')}", "data.image_size=32", "data.num_workers=0"]
         fast = False
+    if group == "recipe":
+        overrides = recipe_overrides(option)
     if group == "trainer":
         overrides.append("trainer.accelerator=cpu")
         if option == "ddp":
