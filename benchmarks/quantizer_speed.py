@@ -1,0 +1,447 @@
+"""Speed and peak memory of vqkit's nearest-code search and quantizers on CPU.
+
+What it measures, on identical inputs (one seed: the same latents z (1, N, D) and the
+same codebook (K, D) for every implementation):
+
+* the machine's fp32 matmul rate, measured in the same run: a square GEMM (the
+  practical peak) and, for each D, a plain matmul of the search's own shape
+  (N x D @ D x 4096 into a preallocated output). At D=8 the search does 16 flops per
+  distance it writes and reads back, so it is bound by memory, not by flops; the
+  same-shape rate says what a bare matmul of that shape reaches here;
+* ``vqkit.nearest_code``: search-only time, achieved GFLOP/s = 2*N*K*D / t and its
+  share of both matmul rates;
+* forward + backward (training mode, z requires grad, ``loss + z_q.sum()``) time and
+  peak memory of vqkit's ``vq`` and ``ema_vq`` and of vector-quantize-pytorch's
+  ``VectorQuantize`` configured the same way (learnable codebook / EMA with decay
+  0.99, commitment weight 0.25, plain straight-through, no k-means, no dead-code
+  replacement), and reference_time / vqkit_time for each pair that both ran.
+
+Why subprocesses: every cell (implementation x K x D) runs in its own child process,
+so its peak RSS (VmHWM, read in the child) is its own, and an out-of-memory cell
+cannot take the machine down: the child's address space is capped (RLIMIT_AS), and
+a cell that runs out of memory, is killed or times out is recorded as such. Missing
+cells are listed, never dropped. Cells run one after another, never two at once.
+
+Timing: 2 torch threads, one warm-up run, then the best of ``--repeats`` runs (one
+run only when the warm-up already took longer than ``--slow-run-s``).
+
+Outputs ``quantizer_speed.csv`` and ``quantizer_speed.md`` in ``--out-dir`` and prints
+the Markdown table. Quick run: ``python benchmarks/quantizer_speed.py --ks 1024
+--dims 8 --n 2048``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path(__file__).resolve()
+RESULT_TAG = "QUANTIZER_SPEED_RESULT "
+THREADS = 2
+SAME_SHAPE_CODES = 4096
+GIB = 1 << 30
+
+SEARCH = "vqkit.nearest_code"
+VQKIT_VQ = "vqkit.vq"
+VQKIT_EMA = "vqkit.ema_vq"
+REF_VQ = "vqp.vq"
+REF_EMA = "vqp.ema_vq"
+IMPLS = (SEARCH, VQKIT_VQ, VQKIT_EMA, REF_VQ, REF_EMA)
+REFERENCE_IMPLS = (REF_VQ, REF_EMA)
+REFERENCE_OF = {VQKIT_VQ: REF_VQ, VQKIT_EMA: REF_EMA}
+REFERENCE_PACKAGE = "vector-quantize-pytorch"
+
+COLUMNS = (
+    "impl",
+    "K",
+    "N",
+    "D",
+    "status",
+    "search_s",
+    "search_gflops",
+    "pct_of_peak_matmul",
+    "pct_of_same_shape_matmul",
+    "fwd_bwd_s",
+    "peak_rss_mib",
+    "speedup_vs_reference",
+    "repeats",
+)
+
+
+# --- child side: runs inside the capped subprocess ------------------------------------------
+
+
+def _proc_status_kib(field: str) -> int:
+    """A ``Vm*`` field of /proc/self/status, in KiB."""
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(match.group(1))
+
+
+def _best_time(fn: Callable[[], object], repeats: int, slow_run_s: float) -> tuple[float, int]:
+    """Warm up once, then the best of ``repeats`` runs (one if the warm-up was slow)."""
+    start = time.perf_counter()
+    fn()
+    if time.perf_counter() - start > slow_run_s:
+        repeats = 1
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), repeats
+
+
+def _child_matmul(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    baseline = {
+        "baseline_rss_mib": _proc_status_kib("VmHWM") / 1024,
+        "baseline_vm_gib": _proc_status_kib("VmSize") / 2**20,
+    }
+    gen = torch.Generator().manual_seed(spec["seed"])
+    size = spec["gemm_size"]
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    out = torch.empty(size, size)
+    t, _ = _best_time(lambda: torch.mm(a, b, out=out), 3, math.inf)
+    same_shape = {}
+    for d in spec["dims"]:
+        z = torch.randn(spec["n"], d, generator=gen)
+        codes = torch.randn(SAME_SHAPE_CODES, d, generator=gen)
+        prod = torch.empty(spec["n"], SAME_SHAPE_CODES)
+        t_d, _ = _best_time(lambda z=z, codes=codes, prod=prod: torch.mm(z, codes.T, out=prod), 3, math.inf)
+        same_shape[str(d)] = 2 * spec["n"] * SAME_SHAPE_CODES * d / t_d / 1e9
+    return {"peak_gflops": 2 * size**3 / t / 1e9, "same_shape_gflops": same_shape, **baseline}
+
+
+def _build_quantizer(impl: str, dim: int, codebook_size: int, codebook: Any) -> Any:
+    """The quantizer ``impl`` in training mode, its codes set to ``codebook`` (K, D)."""
+    if impl in (VQKIT_VQ, VQKIT_EMA):
+        from vqkit import build_quantizer
+
+        q = build_quantizer(impl.removeprefix("vqkit."), dim=dim, codebook_size=codebook_size)
+        if impl == VQKIT_VQ:
+            q.embedding.data.copy_(codebook)
+        else:
+            q.embed.copy_(codebook)
+            q.embed_avg.copy_(codebook)
+    else:
+        from vector_quantize_pytorch import VectorQuantize
+
+        common = {"dim": dim, "codebook_size": codebook_size, "commitment_weight": 0.25, "rotation_trick": False}
+        if impl == REF_VQ:
+            q = VectorQuantize(**common, learnable_codebook=True, ema_update=False)
+        else:
+            q = VectorQuantize(**common, decay=0.99)
+        q._codebook.embed.data.copy_(codebook.unsqueeze(0))
+        q._codebook.embed_avg.copy_(codebook.unsqueeze(0))
+    return q.train()
+
+
+def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    impl, n, d, k = spec["impl"], spec["n"], spec["dim"], spec["k"]
+    gen = torch.Generator().manual_seed(spec["seed"])
+    z = torch.randn(1, n, d, generator=gen)
+    codebook = torch.randn(k, d, generator=gen)
+    if impl == SEARCH:
+        from vqkit.quantizers.search import nearest_code
+
+        z_flat = z.reshape(n, d)
+
+        def run() -> None:
+            nearest_code(z_flat, codebook)
+
+    else:
+        q = _build_quantizer(impl, d, k, codebook)
+        z.requires_grad_(True)
+        is_vqkit = impl in (VQKIT_VQ, VQKIT_EMA)
+
+        def run() -> None:
+            z.grad = None
+            q.zero_grad(set_to_none=True)
+            if is_vqkit:
+                out = q(z)
+                z_q, loss = out.z_q, out.loss
+            else:
+                z_q, _, loss = q(z)
+            (loss + z_q.sum()).backward()
+            if z.grad is None or not torch.isfinite(z.grad).all():
+                raise RuntimeError(f"{impl}: backward left no finite gradient on z")
+
+    seconds, repeats = _best_time(run, spec["repeats"], spec["slow_run_s"])
+    return {"seconds": seconds, "repeats": repeats, "peak_rss_mib": _proc_status_kib("VmHWM") / 1024}
+
+
+def _child_main(spec_json: str) -> None:
+    """Run one task and print its result as a tagged JSON line; OOM is a result too."""
+    spec = json.loads(spec_json)
+    try:
+        result = _child_matmul(spec) if spec["task"] == "matmul" else _child_cell(spec)
+        result["status"] = "ok"
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "can't allocate memory" not in str(err):
+            raise
+        result = {"status": "oom"}
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# --- parent side -----------------------------------------------------------------------------
+
+
+def _run_child(spec: dict[str, Any], mem_cap_gib: float, timeout: float) -> dict[str, Any]:
+    """Run ``spec`` in a child capped to ``mem_cap_gib`` of address space; returns its result.
+
+    The result always has a ``status``: "ok", or why there are no numbers.
+    """
+    cap = int(mem_cap_gib * GIB)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    oom = f"out of memory (> {mem_cap_gib:g} GiB cap)"
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "--child", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=limit,
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout (> {timeout:g} s)"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            result = json.loads(line.removeprefix(RESULT_TAG))
+            if result["status"] == "oom":
+                result["status"] = oom
+            return result
+    stderr = proc.stderr.strip()
+    if re.search(r"bad_alloc|can't allocate memory|Cannot allocate memory|MemoryError", stderr):
+        return {"status": oom}
+    if proc.returncode < 0:
+        return {"status": f"killed by {signal.Signals(-proc.returncode).name}"}
+    last = stderr.splitlines()[-1] if stderr else "no output"
+    return {"status": f"error (exit {proc.returncode}): {last}"}
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}g}"
+
+
+def _cell_row(impl: str, k: int, n: int, d: int, result: dict[str, Any], matmul: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(impl=impl, K=k, N=n, D=d, status=result["status"])
+    if result["status"] != "ok":
+        return row
+    row.update(peak_rss_mib=result["peak_rss_mib"], repeats=result["repeats"])
+    if impl == SEARCH:
+        gflops = 2 * n * k * d / result["seconds"] / 1e9
+        row.update(
+            search_s=result["seconds"],
+            search_gflops=gflops,
+            pct_of_peak_matmul=100 * gflops / matmul["peak_gflops"],
+            pct_of_same_shape_matmul=100 * gflops / matmul["same_shape_gflops"][str(d)],
+        )
+    else:
+        row["fwd_bwd_s"] = result["seconds"]
+    return row
+
+
+def _add_speedups(rows: list[dict[str, Any]]) -> None:
+    """speedup_vs_reference = reference fwd+bwd time / vqkit fwd+bwd time, where both ran."""
+    times = {(r["impl"], r["K"], r["D"]): r["fwd_bwd_s"] for r in rows}
+    for row in rows:
+        ref = REFERENCE_OF.get(row["impl"])
+        ours, theirs = row["fwd_bwd_s"], times.get((ref, row["K"], row["D"]))
+        if ours is not None and theirs is not None:
+            row["speedup_vs_reference"] = theirs / ours
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {c: (_fmt(v, 6) if isinstance(v, float) else ("" if v is None else v)) for c, v in row.items()}
+            )
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| impl | K | D | status | search s | search GFLOP/s | % of peak matmul | % of same-shape matmul "
+        "| fwd+bwd s | peak RSS MiB | speedup vs reference | repeats |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        cells = [
+            r["impl"],
+            str(r["K"]),
+            str(r["D"]),
+            r["status"],
+            _fmt(r["search_s"]),
+            _fmt(r["search_gflops"], 3),
+            _fmt(r["pct_of_peak_matmul"], 2),
+            _fmt(r["pct_of_same_shape_matmul"], 2),
+            _fmt(r["fwd_bwd_s"]),
+            "" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}",
+            "" if r["speedup_vs_reference"] is None else f"{r['speedup_vs_reference']:.2f}x",
+            "" if r["repeats"] is None else str(r["repeats"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    return match.group(1).strip() if match else platform.processor()
+
+
+def _markdown(
+    args: argparse.Namespace, argv: Sequence[str], matmul: dict[str, Any], ref_version: str | None, table: str
+) -> str:
+    command = shlex.join(["python", "benchmarks/quantizer_speed.py", *argv])
+    niceness = os.nice(0)
+    same_shape = ", ".join(f"D={d}: {matmul['same_shape_gflops'][str(d)]:.1f} GFLOP/s" for d in args.dims)
+    return "\n".join(
+        [
+            "# Quantizer speed (CPU)",
+            "",
+            f"- Command: `{command}`" + (f" (run at niceness {niceness})" if niceness else ""),
+            f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"- Machine: {_cpu_model()}, {os.cpu_count()} CPUs, {THREADS} torch threads",
+            f"- torch {importlib.metadata.version('torch')}; {REFERENCE_PACKAGE} "
+            + (ref_version or "not installed (reference cells skipped)"),
+            f"- Peak fp32 matmul ({args.gemm_size}x{args.gemm_size} @ {args.gemm_size}x{args.gemm_size}, "
+            f"best of 3): {matmul['peak_gflops']:.1f} GFLOP/s",
+            f"- Same-shape fp32 matmul (N x D @ D x {SAME_SHAPE_CODES}, N={args.n}, preallocated output): {same_shape}",
+            f"- N = {args.n} query vectors, z of shape (1, N, D); search GFLOP/s = 2*N*K*D / search time",
+            f"- fwd+bwd: training mode, `(loss + z_q.sum()).backward()`; best of up to {args.repeats} runs after "
+            f"a warm-up (1 run when the warm-up took > {args.slow_run_s:g} s)",
+            f"- Peak RSS: the child process's VmHWM, including ~{matmul['baseline_rss_mib']:.0f} MiB for the "
+            f"interpreter and torch; address space capped at {args.mem_cap_gib:g} GiB per cell (importing torch "
+            f"alone maps ~{matmul['baseline_vm_gib']:.1f} GiB of it); per-cell timeout {args.timeout:g} s",
+            "- Reference: `VectorQuantize(learnable_codebook=True, ema_update=False)` for vqp.vq and "
+            "`VectorQuantize(decay=0.99)` for vqp.ema_vq, both with `commitment_weight=0.25, rotation_trick=False`",
+            "- speedup vs reference = reference fwd+bwd time / vqkit fwd+bwd time",
+            "",
+            table,
+            "",
+        ]
+    )
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1024, 16384, 65536, 262144], help="codebook sizes K")
+    parser.add_argument("--dims", type=int, nargs="+", default=[8, 256], help="latent widths D")
+    parser.add_argument("--n", type=int, default=16384, help="query vectors N")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to run")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per cell after the warm-up (best kept)")
+    parser.add_argument(
+        "--slow-run-s", type=float, default=30.0, help="time a single run when the warm-up took longer than this"
+    )
+    parser.add_argument("--mem-cap-gib", type=float, default=18.0, help="address-space cap of each cell's process")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a cell is killed")
+    parser.add_argument("--gemm-size", type=int, default=4096, help="side of the square GEMM giving the peak rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs, shared by every cell")
+    parser.add_argument("--out-dir", type=Path, default=SCRIPT.parent / "results", help="where the CSV and Markdown go")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark grid; write the CSV and Markdown; return the rows."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = args.out_dir / "quantizer_speed.csv", args.out_dir / "quantizer_speed.md"
+
+    ref_version = (
+        importlib.metadata.version(REFERENCE_PACKAGE) if importlib.util.find_spec("vector_quantize_pytorch") else None
+    )
+    print(f"measuring matmul rates ({THREADS} threads)...", flush=True)
+    matmul = _run_child(
+        {"task": "matmul", "gemm_size": args.gemm_size, "dims": args.dims, "n": args.n, "seed": args.seed},
+        args.mem_cap_gib,
+        args.timeout,
+    )
+    if matmul["status"] != "ok":
+        raise SystemExit(f"matmul rate measurement failed: {matmul['status']}")
+    print(
+        f"peak matmul {matmul['peak_gflops']:.1f} GFLOP/s; same-shape "
+        + ", ".join(f"D={d}: {g:.1f}" for d, g in matmul["same_shape_gflops"].items()),
+        flush=True,
+    )
+
+    cells = [(k, d, impl) for k in args.ks for d in args.dims for impl in args.impls]
+    rows: list[dict[str, Any]] = []
+    for i, (k, d, impl) in enumerate(cells, 1):
+        start = time.perf_counter()
+        if impl in REFERENCE_IMPLS and ref_version is None:
+            result = {"status": f"skipped ({REFERENCE_PACKAGE} not installed)"}
+        else:
+            spec = {
+                "task": "cell",
+                "impl": impl,
+                "k": k,
+                "n": args.n,
+                "dim": d,
+                "seed": args.seed,
+                "repeats": args.repeats,
+                "slow_run_s": args.slow_run_s,
+            }
+            result = _run_child(spec, args.mem_cap_gib, args.timeout)
+        rows.append(_cell_row(impl, k, args.n, d, result, matmul))
+        _write_csv(csv_path, rows)
+        summary = (
+            f"{result['seconds']:.4g} s, peak RSS {result['peak_rss_mib']:.0f} MiB"
+            if result["status"] == "ok"
+            else result["status"]
+        )
+        print(
+            f"[{i:>{len(str(len(cells)))}}/{len(cells)}] {impl:<18} K={k:<7} D={d:<4} {summary} "
+            f"(cell wall {time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
+
+    _add_speedups(rows)
+    _write_csv(csv_path, rows)
+    table = _markdown_table(rows)
+    md_path.write_text(_markdown(args, argv, matmul, ref_version, table))
+    print()
+    print(table)
+    print(f"\nwrote {csv_path} and {md_path}")
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        _child_main(sys.argv[2])
+    else:
+        main()
