@@ -1,4 +1,7 @@
-"""The README's Python snippets run, and every `expr.shape  # (a, b, c)` comment in them is true."""
+"""The README's ```python snippets run, and every `expr.shape  # (a, b, c)` comment in them is true.
+
+(```py blocks need files a user makes first, like a trained tokenizer; tests/test_export.py covers them.)
+"""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def test_missing_photo_file_is_named() -> None:
 def test_yaml_instantiates_with_the_class_defaults() -> None:
     cfg = OmegaConf.load(CONF)
     dm = instantiate(cfg)
-    assert isinstance(dm, EmbeddedPhotosDataModule) and dm.image_size == 64
+    assert isinstance(dm, EmbeddedPhotosDataModule) and dm.image_size == 48
     defaults = inspect.signature(EmbeddedPhotosDataModule).parameters
     for key, value in OmegaConf.to_container(cfg).items():
         if key != "_target_":

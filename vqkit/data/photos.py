@@ -219,10 +219,10 @@ class EmbeddedPhotosDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        image_size: int = 64,
-        batch_size: int = 32,
+        image_size: int = 48,
+        batch_size: int = 16,
         num_workers: int = 0,
-        train_samples: int = 4096,
+        train_samples: int = 1600,
         val_samples: int = 128,
         seed: int = 0,
         short_side: int | None = 256,
