@@ -1,0 +1,175 @@
+"""The 1-D transformer image tokenizer (vqkit/modalities/image_1d.py) and its config conf/model/image_1d.yaml."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from vqkit.modalities.image_1d import SIZES, TransformerImageDecoder, TransformerImageEncoder, resolve_size
+from vqkit.quantizers import list_quantizers
+from vqkit.train import train
+
+TINY = {"width": 32, "depth": 1, "num_heads": 2}
+
+# Small enough for a few CPU steps; FAST_OVERRIDES of conftest set model.encoder.channels, which this model lacks.
+TRAIN_OVERRIDES = [
+    "model=image_1d",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.train_samples=16",
+    "data.val_samples=8",
+    "data.num_workers=0",
+    "model.encoder.width=32",
+    "model.encoder.depth=1",
+    "model.encoder.num_heads=2",
+    "model.encoder.latent_dim=8",
+    "model.encoder.num_latent_tokens=8",
+    "quantizer.codebook_size=32",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+]
+
+
+def pair(
+    image_size: int | tuple[int, int] = 32, patch_size: int = 8, num_latent_tokens: int = 8, latent_dim: int = 8
+) -> tuple[TransformerImageEncoder, TransformerImageDecoder]:
+    torch.manual_seed(0)
+    kwargs = dict(
+        latent_dim=latent_dim, image_size=image_size, patch_size=patch_size, num_latent_tokens=num_latent_tokens
+    )
+    return TransformerImageEncoder(**kwargs, **TINY), TransformerImageDecoder(**kwargs, **TINY)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "patch_size", "num_latent_tokens", "latent_dim"),
+    [(32, 8, 8, 8), ((48, 32), 16, 5, 12), (16, 4, 32, 4)],
+)
+def test_shapes(image_size, patch_size: int, num_latent_tokens: int, latent_dim: int) -> None:
+    encoder, decoder = pair(image_size, patch_size, num_latent_tokens, latent_dim)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    images = torch.randn(3, 3, h, w)
+    tokens, hw = encoder(images)
+    assert tokens.shape == (3, num_latent_tokens, latent_dim)
+    assert hw == (h, w)
+    assert decoder(tokens, hw).shape == images.shape
+    assert encoder.latent_dim == decoder.latent_dim == latent_dim
+    assert encoder.num_patches == decoder.num_patches == (h // patch_size) * (w // patch_size)
+
+
+def test_token_count_does_not_depend_on_image_size() -> None:
+    counts = {
+        size: pair(size, 8, num_latent_tokens=6)[0](torch.randn(1, 3, size, size))[0].shape[1] for size in (16, 64)
+    }
+    assert counts == {16: 6, 64: 6}
+
+
+def test_gradients_reach_latent_tokens_and_input_image() -> None:
+    encoder, decoder = pair()
+    images = torch.randn(2, 3, 32, 32, requires_grad=True)
+    tokens, hw = encoder(images)
+    tokens.retain_grad()
+    decoder(tokens, hw).square().mean().backward()
+    for name, grad in {
+        "tokens": tokens.grad,
+        "images": images.grad,
+        "encoder.latent_tokens": encoder.latent_tokens.grad,
+        "decoder.mask_token": decoder.mask_token.grad,
+    }.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+    missing = [n for n, p in [*encoder.named_parameters(), *decoder.named_parameters()] if p.grad is None]
+    assert not missing, missing
+
+
+def test_image_size_not_divisible_by_patch_size_is_reported() -> None:
+    with pytest.raises(ValueError, match=r"50x50 is not divisible by the patch size 8"):
+        TransformerImageEncoder(image_size=50, patch_size=8, **TINY)
+    with pytest.raises(ValueError, match=r"32x36 is not divisible by the patch size 8"):
+        TransformerImageDecoder(image_size=(32, 36), patch_size=8, **TINY)
+
+
+def test_other_input_size_is_reported() -> None:
+    encoder, decoder = pair(32, 8)
+    with pytest.raises(ValueError, match=r"image size 48x48 differs from the encoder's image_size 32x32"):
+        encoder(torch.randn(1, 3, 48, 48))
+    tokens, _ = encoder(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"image size 16x16 differs from the decoder's image_size 32x32"):
+        decoder(tokens, (16, 16))
+    with pytest.raises(ValueError, match=r"expected tokens \(B, 8, 8\)"):
+        decoder(tokens[:, :4], (32, 32))
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\)"):
+        encoder(torch.randn(1, 1, 32, 32))
+
+
+def test_size_presets() -> None:
+    assert {k: (v["width"], v["depth"], v["num_heads"]) for k, v in SIZES.items()} == {
+        "XS": (128, 3, 4),
+        "S": (512, 8, 8),
+        "B": (768, 12, 12),
+        "L": (1024, 24, 16),
+    }
+    for size in ("S", "B", "L"):
+        encoder = TransformerImageEncoder(image_size=16, patch_size=16, num_latent_tokens=1, size=size, depth=1)
+        assert (encoder.width, encoder.num_heads, len(encoder.transformer)) == (
+            SIZES[size]["width"],
+            SIZES[size]["num_heads"],
+            2,  # one block + the final norm
+        )
+    assert resolve_size("B", width=64, num_heads=4) == (64, 12, 4)
+    assert resolve_size(None, 96, 2, 3) == (96, 2, 3)
+    with pytest.raises(ValueError, match="unknown transformer size 'XL'"):
+        resolve_size("XL")
+    with pytest.raises(ValueError, match="give width, depth explicitly"):
+        resolve_size(None, num_heads=4)
+    with pytest.raises(ValueError, match="width 100 is not divisible by num_heads 8"):
+        resolve_size("S", width=100)
+
+
+def test_bf16_autocast_forward_and_backward() -> None:
+    encoder, decoder = pair()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens, hw = encoder(images)
+        out = decoder(tokens.float(), hw)  # quantizers hand back fp32 latents
+    assert out.shape == images.shape and torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    assert encoder.latent_tokens.grad is not None and torch.isfinite(encoder.latent_tokens.grad).all()
+
+
+def test_bf16_weights_and_meta_device() -> None:
+    encoder, decoder = pair()
+    encoder, decoder = encoder.to(torch.bfloat16), decoder.to(torch.bfloat16)
+    out = decoder(*encoder(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    encoder, decoder = encoder.to("meta"), decoder.to("meta")
+    out = decoder(*encoder(torch.empty(2, 3, 32, 32, device="meta", dtype=torch.bfloat16)))
+    assert out.device.type == "meta" and out.shape == (2, 3, 32, 32)
+
+
+def test_config_sizes_and_interpolations(make_config) -> None:
+    cfg = make_config(
+        "model=image_1d", "model.encoder.size=S", "model.encoder.depth=1", "data.image_size=32", fast=False
+    )
+    model = instantiate(cfg.model)
+    assert model.encoder.width == model.decoder.width == 512 and model.decoder.depth == 1
+    assert model.encoder.image_size == model.decoder.image_size == (32, 32)
+    assert model.quantizer.dim == model.decoder.latent_dim == 32
+    cfg = make_config(*TRAIN_OVERRIDES, "model.encoder.width=null", "model.decoder.size=L", fast=False)
+    model = instantiate(cfg.model)
+    assert (model.encoder.width, model.decoder.width, model.decoder.num_heads) == (128, 1024, 2)
+
+
+@pytest.mark.parametrize("quantizer", list_quantizers())
+def test_trains_with_every_quantizer(quantizer: str, make_config) -> None:
+    result = train(
+        make_config(*TRAIN_OVERRIDES, f"quantizer={quantizer}", "trainer.max_steps=3", "test=false", fast=False)
+    )
+    assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
+    ckpt = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3
+    assert ckpt["vqkit_config"]["model"]["encoder"]["_target_"].endswith("TransformerImageEncoder")
+
+
+def test_bf16_mixed_fast_dev_run(make_config) -> None:
+    result = train(make_config(*TRAIN_OVERRIDES, "debug=fdr", "trainer.precision=bf16-mixed", fast=False))
+    assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
