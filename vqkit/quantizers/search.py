@@ -16,8 +16,6 @@ from vqkit.quantizers.distributed import all_reduce_sum, sample_rows
 # (4 MiB of distances) stay in cache, which beats one large matmul and a pass over memory.
 DEFAULT_ROW_CHUNK = 1024
 DEFAULT_CODE_CHUNK = 1024
-# Up to this many tiles the second pass (one extra tile per query) costs more than it saves.
-SINGLE_PASS_MAX_TILES = 4
 
 
 @torch.no_grad()
@@ -30,11 +28,10 @@ def nearest_code(
 ) -> tuple[Tensor, Tensor]:
     """Exact L2 nearest neighbour of each row of ``z`` among the rows of ``codebook``.
 
-    With more than ``SINGLE_PASS_MAX_TILES`` tiles, two passes per block of queries: the first walks every tile keeping only each
-    query's best distance and the tile it came from (``amin``, which is several times
-    cheaper than a ``min`` that also returns indices); the second recomputes, for each
-    query, the one tile that holds its winner and takes the argmin there. The second
-    pass costs one tile per query, so the whole search costs about 2*N*K*D flops.
+    On the CPU each tile is reduced with ``amin`` (several times cheaper there than a
+    ``min`` that also returns indices) and the argmin is taken only for the queries that
+    the tile improves, which after the first tiles are few. On GPUs one ``min`` per tile
+    is cheaper than the synchronisation that picking rows needs.
 
     Args:
         z: (N, D) queries.
@@ -55,42 +52,28 @@ def nearest_code(
         e_sq = codebook.pow(2).sum(1) if codebook_sq_norms is None else codebook_sq_norms.float()
         best_d = torch.empty(n, device=z.device)
         best_i = torch.empty(n, device=z.device, dtype=torch.long)
-        tiles = [(c0, min(c0 + code_chunk, k)) for c0 in range(0, k, code_chunk)]
+        on_cpu = z.device.type == "cpu"
         for r0 in range(0, n, row_chunk):
             zr = z[r0 : r0 + row_chunk]
-            if len(tiles) <= SINGLE_PASS_MAX_TILES:
-                run_d, rows_i = _single_pass(zr, codebook, e_sq, tiles)
-                best_d[r0 : r0 + zr.shape[0]] = run_d + zr.pow(2).sum(1)
-                best_i[r0 : r0 + zr.shape[0]] = rows_i
-                continue
             run_d = torch.full((zr.shape[0],), float("inf"), device=z.device)
-            run_t = torch.zeros(zr.shape[0], device=z.device, dtype=torch.long)
-            for t, (c0, c1) in enumerate(tiles):
+            run_i = torch.zeros(zr.shape[0], device=z.device, dtype=torch.long)
+            for c0 in range(0, k, code_chunk):
                 # ||e||^2 - 2 z.e : the ||z||^2 term is constant per row and added at the end.
-                tile_min = torch.addmm(e_sq[c0:c1], zr, codebook[c0:c1].T, alpha=-2.0).amin(dim=1)
-                run_t.masked_fill_(tile_min < run_d, t)
-                run_d = torch.minimum(run_d, tile_min)
-            rows_i = torch.empty_like(run_t)
-            for t in run_t.unique().tolist():
-                rows = (run_t == t).nonzero().squeeze(1)
-                c0, c1 = tiles[t]
-                d = torch.addmm(e_sq[c0:c1], zr[rows], codebook[c0:c1].T, alpha=-2.0)
-                rows_i[rows] = d.argmin(dim=1) + c0
+                d = torch.addmm(e_sq[c0 : c0 + code_chunk], zr, codebook[c0 : c0 + code_chunk].T, alpha=-2.0)
+                if on_cpu:
+                    tile_min = d.amin(dim=1)
+                    rows = (tile_min < run_d).nonzero().squeeze(1)
+                    if rows.numel():
+                        run_i[rows] = d[rows].argmin(dim=1) + c0
+                        run_d[rows] = tile_min[rows]
+                else:
+                    tile_min, tile_arg = d.min(dim=1)
+                    better = tile_min < run_d
+                    run_d = torch.where(better, tile_min, run_d)
+                    run_i = torch.where(better, tile_arg + c0, run_i)
             best_d[r0 : r0 + zr.shape[0]] = run_d + zr.pow(2).sum(1)
-            best_i[r0 : r0 + zr.shape[0]] = rows_i
+            best_i[r0 : r0 + zr.shape[0]] = run_i
     return best_i, best_d.clamp_min_(0.0)
-
-
-def _single_pass(zr: Tensor, codebook: Tensor, e_sq: Tensor, tiles: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """Best (distance - ||z||^2, index) per query with ``min`` over each tile: cheaper for a few tiles."""
-    run_d = torch.full((zr.shape[0],), float("inf"), device=zr.device)
-    run_i = torch.zeros(zr.shape[0], device=zr.device, dtype=torch.long)
-    for c0, c1 in tiles:
-        d_min, d_arg = torch.addmm(e_sq[c0:c1], zr, codebook[c0:c1].T, alpha=-2.0).min(dim=1)
-        better = d_min < run_d
-        run_d = torch.where(better, d_min, run_d)
-        run_i = torch.where(better, d_arg + c0, run_i)
-    return run_d, run_i
 
 
 @torch.no_grad()
