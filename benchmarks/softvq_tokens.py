@@ -55,7 +55,7 @@ def markdown(rows: list[dict], command: str) -> str:
         "# SoftVQ vs VQ vs EMA-VQ on the 1-D image tokenizer (embedded photos, CPU)",
         "",
         f"- Command: `{command}`",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; torch {torch.__version__}",
+        f"- Date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; torch {torch.__version__}",
         "- Metrics on the held-out photos (vqkit.eval, split=val); usage over the whole split",
         "",
         "| quantizer | tokens | steps | train s | PSNR | SSIM | LPIPS | rFID | usage | perplexity | dead |",

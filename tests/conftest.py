@@ -9,7 +9,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from vqkit.config import CONF_DIR, compose_train_config
+from vqkit.config import compose_train_config
 
 # Small enough that one optimizer step takes well under a second on a CPU core.
 FAST_OVERRIDES = [

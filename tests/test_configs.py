@@ -10,8 +10,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import CONF_DIR
 from vqkit import list_quantizers
+from vqkit.config import CONF_DIR
 from vqkit.train import instantiate_collection, train
 
 # Groups whose options are chosen on the CLI (hydra/ and paths/ have a single internal option).
@@ -58,7 +58,8 @@ def test_group_option_composes_and_instantiates(group: str, option: str, make_co
     overrides = [f"{group}={option}"]
     fast = True
     if group == "data" and option == "imagenet":
-        overrides += [f"data.root={make_imagenet_tree(tmp_path / 'imagenet')}", "data.image_size=32", "data.num_workers=0"]
+        root = make_imagenet_tree(tmp_path / "imagenet")
+        overrides += [f"data.root={root}", "data.image_size=32", "data.num_workers=0"]
         fast = False
     if group == "recipe":
         overrides = recipe_overrides(option)

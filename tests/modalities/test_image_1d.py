@@ -173,3 +173,11 @@ def test_trains_with_every_quantizer(quantizer: str, make_config) -> None:
 def test_bf16_mixed_fast_dev_run(make_config) -> None:
     result = train(make_config(*TRAIN_OVERRIDES, "debug=fdr", "trainer.precision=bf16-mixed", fast=False))
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
+
+
+def test_positional_embeddings_and_tokens_get_no_weight_decay(make_config) -> None:
+    model = instantiate(make_config("model=image_1d").model)
+    no_decay = {id(p) for p in model.parameter_groups()[1]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    assert {"encoder.patch_pos_embed", "encoder.latent_tokens", "decoder.mask_token"} <= names
+    assert "encoder.patch_embed.weight" not in names and "decoder.embed.weight" not in names

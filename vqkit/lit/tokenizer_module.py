@@ -179,12 +179,15 @@ class TokenizerModule(L.LightningModule):
 
     # --- optimization -----------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on weight matrices and kernels only: not on norms, biases or the quantizer."""
+        """Weight decay on weight matrices and kernels only: not on norms, biases, learned
+        positional embeddings / tokens (``*pos_embed``, ``*_token(s)``) or the quantizer."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim < 2 or name.startswith("quantizer.") else decay).append(p)
+            leaf = name.rsplit(".", 1)[-1]
+            exempt = p.ndim < 2 or name.startswith("quantizer.") or leaf.endswith(("pos_embed", "_token", "_tokens"))
+            (no_decay if exempt else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def configure_optimizers(self) -> Any:

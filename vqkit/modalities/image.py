@@ -91,5 +91,7 @@ class ConvImageDecoder(nn.Module):
         b, n, d = tokens.shape
         h, w = grid
         if n != h * w or d != self.latent_dim:
-            raise ValueError(f"expected tokens (B, {h * w}, {self.latent_dim}) for grid {grid}, got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"expected tokens (B, {h * w}, {self.latent_dim}) for grid {grid}, got {tuple(tokens.shape)}"
+            )
         return self.net(tokens.transpose(1, 2).reshape(b, d, h, w))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vqkit.quantizers.distributed import all_reduce_sum
 from vqkit.quantizers.registry import register_quantizer
 from vqkit.quantizers.search import cluster_sums
-from vqkit.quantizers.distributed import all_reduce_sum
 from vqkit.quantizers.vq import VectorQuantizer, mean_squared_error
 
 
