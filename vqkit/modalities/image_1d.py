@@ -78,7 +78,36 @@ def _vit(width: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rat
     return nn.Sequential(*blocks, LayerNorm(width))
 
 
-class TransformerImageEncoder(nn.Module):
+class _LatentTokenTransformer(nn.Module):
+    """What encoder and decoder share: patch geometry, size preset, positional embeddings, the ViT."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        image_size: int | Sequence[int],
+        patch_size: int,
+        num_latent_tokens: int,
+        size: str | None,
+        width: int | None,
+        depth: int | None,
+        num_heads: int | None,
+        mlp_ratio: float,
+        drop_path_rate: float,
+    ) -> None:
+        super().__init__()
+        self.width, self.depth, self.num_heads = resolve_size(size, width, depth, num_heads)
+        self.image_size = _image_hw(image_size, patch_size)
+        self.patch_size = patch_size
+        self.grid_size = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.num_latent_tokens = num_latent_tokens
+        self.latent_dim = latent_dim
+        self.patch_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, self.width))
+        self.latent_pos_embed = nn.Parameter(torch.zeros(1, num_latent_tokens, self.width))
+        self.transformer = _vit(self.width, self.depth, self.num_heads, mlp_ratio, drop_path_rate)
+
+
+class TransformerImageEncoder(_LatentTokenTransformer):
     """Images (B, C, H, W) -> tokens (B, num_latent_tokens, latent_dim).
 
     Args:
@@ -109,21 +138,11 @@ class TransformerImageEncoder(nn.Module):
         drop_path_rate: float = 0.0,
         in_channels: int = 3,
     ) -> None:
-        super().__init__()
-        self.width, self.depth, self.num_heads = resolve_size(size, width, depth, num_heads)
-        self.image_size = _image_hw(image_size, patch_size)
-        self.patch_size = patch_size
-        self.grid_size = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.num_latent_tokens = num_latent_tokens
-        self.latent_dim = latent_dim
+        super().__init__(latent_dim, image_size, patch_size, num_latent_tokens, size, width, depth, num_heads,
+                         mlp_ratio, drop_path_rate)
         self.in_channels = in_channels
-
         self.patch_embed = nn.Conv2d(in_channels, self.width, patch_size, stride=patch_size)
-        self.patch_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, self.width))
         self.latent_tokens = nn.Parameter(torch.zeros(1, num_latent_tokens, self.width))
-        self.latent_pos_embed = nn.Parameter(torch.zeros(1, num_latent_tokens, self.width))
-        self.transformer = _vit(self.width, self.depth, self.num_heads, mlp_ratio, drop_path_rate)
         self.proj = nn.Linear(self.width, latent_dim)
 
         self.apply(init_weights_vit_timm)
@@ -149,7 +168,7 @@ class TransformerImageEncoder(nn.Module):
         return self.proj(x[:, self.num_patches :]), hw  # (B, L, latent_dim)
 
 
-class TransformerImageDecoder(nn.Module):
+class TransformerImageDecoder(_LatentTokenTransformer):
     """Tokens (B, num_latent_tokens, latent_dim) -> images (B, C, H, W).
 
     Args:
@@ -180,21 +199,11 @@ class TransformerImageDecoder(nn.Module):
         drop_path_rate: float = 0.0,
         out_channels: int = 3,
     ) -> None:
-        super().__init__()
-        self.width, self.depth, self.num_heads = resolve_size(size, width, depth, num_heads)
-        self.image_size = _image_hw(image_size, patch_size)
-        self.patch_size = patch_size
-        self.grid_size = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.num_latent_tokens = num_latent_tokens
-        self.latent_dim = latent_dim
+        super().__init__(latent_dim, image_size, patch_size, num_latent_tokens, size, width, depth, num_heads,
+                         mlp_ratio, drop_path_rate)
         self.out_channels = out_channels
-
         self.embed = nn.Linear(latent_dim, self.width)
-        self.latent_pos_embed = nn.Parameter(torch.zeros(1, num_latent_tokens, self.width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.width))
-        self.patch_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, self.width))
-        self.transformer = _vit(self.width, self.depth, self.num_heads, mlp_ratio, drop_path_rate)
         self.to_pixels = nn.Linear(self.width, patch_size * patch_size * out_channels)
 
         self.apply(init_weights_vit_timm)
