@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 import vqkit.train
 from vqkit.export import export_tokenizer, main
 from vqkit.lit import TokenizerModule
-from vqkit.tokenizer import PARTS, ImageTokenizer, UnsafeConfigError, load_tokenizer
+from vqkit.tokenizers import PARTS, ImageTokenizer, UnsafeConfigError, load_tokenizer
 
 # A model small enough to build in milliseconds: f = 2, 4-dim tokens, 16 codes.
 TINY_MODEL = {
@@ -219,7 +219,7 @@ def test_cli_exports_and_a_fresh_process_loads_without_configs(tmp_path: Path) -
     load = (
         "import sys, torch\n"
         "from hydra.core.global_hydra import GlobalHydra\n"
-        "from vqkit.tokenizer import load_tokenizer\n"
+        "from vqkit.tokenizers import load_tokenizer\n"
         "tok = load_tokenizer(sys.argv[1])\n"
         "ids = tok.encode(torch.rand(2, 3, 8, 8))\n"
         "assert ids.shape == (2, 4, 4) and tok.decode(ids).shape == (2, 3, 8, 8)\n"

@@ -1,7 +1,7 @@
 """vqkit: vector-quantization tokenizers for text, images and audio."""
 
 from vqkit.quantizers import QuantizerOutput, build_quantizer, list_quantizers
-from vqkit.tokenizer import ImageTokenizer, Tokenizer, load_tokenizer
+from vqkit.tokenizers import ImageTokenizer, Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 

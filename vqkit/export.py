@@ -1,6 +1,6 @@
 """Export a training checkpoint as a tokenizer artifact: ``python -m vqkit.export ckpt_path=PATH out=DIR``.
 
-The artifact (see ``vqkit.tokenizer``) holds ``config.json`` and ``model.safetensors``
+The artifact (see ``vqkit.tokenizers``) holds ``config.json`` and ``model.safetensors``
 with the encoder, decoder and quantizer only: no discriminator, loss or metric states,
 no optimizer, nothing pickled. The checkpoint is read with ``torch.load(weights_only=True)``;
 checkpoints written by ``vqkit.train`` need no extra allowed globals. A checkpoint that
@@ -28,7 +28,7 @@ import torch
 
 from vqkit import __version__
 from vqkit.lit.tokenizer_module import TokenizerModule
-from vqkit.tokenizer import FORMAT, FORMAT_VERSION, PARTS, Tokenizer, tokenizer_from_config
+from vqkit.tokenizers import FORMAT, FORMAT_VERSION, PARTS, Tokenizer, tokenizer_from_config
 
 log = logging.getLogger("vqkit.export")
 

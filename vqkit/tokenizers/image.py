@@ -1,0 +1,198 @@
+"""Images <-> tokens: the artifact class for 2-D (grid) and 1-D (sequence) image models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from vqkit.quantizers.base import Quantizer
+from vqkit.tokenizers.artifact import register_tokenizer
+from vqkit.tokenizers.base import Tokenizer
+
+ImageInput = Tensor | Image.Image | str | os.PathLike
+
+
+@register_tokenizer
+class ImageTokenizer(Tokenizer):
+    """Images <-> tokens, for 2-D (grid) and 1-D (sequence) image models.
+
+    Images are float RGB in [0, 1]: a batch (B, 3, H, W), one image (3, H, W) (treated as
+    a batch of one, outputs keep the batch dim), a PIL image or the path of an image file.
+    Values outside [0, 1] raise a ValueError rather than being clamped, since they usually
+    mean a wrong normalization (map [-1, 1] data with ``(x + 1) / 2``; clamp resampling
+    overshoot with ``x.clamp(0, 1)``). H and W must be multiples of the encoder's
+    ``downsample_factor`` (or ``patch_size``) f.
+
+    Two token layouts, told apart by the decoder: one with a fixed ``image_size`` attribute
+    is a 1-D model (``image_size`` is then also the only input size); otherwise the encoder
+    returns the token grid (h, w) = (H/f, W/f) and any multiple of f works.
+
+    Shapes (D = ``token_dim``):
+        - ``encode(images)``: hard quantizers -> ids, int64 (B, h, w) for grid models and
+          (B, N) for 1-D models; soft quantizers -> float tokens (B, h, w, D) or (B, N, D),
+          the soft mixes the decoder was trained on.
+        - ``encode_ids(images)``: the ids, for soft quantizers the argmax code of each token.
+        - ``decode(codes)``: ids or tokens shaped as ``encode`` returns them -> images
+          (B, 3, H, W) in the config's data range ([0, 1]). A grid model also decodes flat
+          ids (B, h*w) or tokens (B, h*w, D), as an autoregressive model emits them, given
+          ``grid=(h, w)``: ``decode(ids.flatten(1), grid=(h, w))``.
+
+    Args:
+        encoder: image encoder ``images (B, 3, H, W) -> (tokens (B, N, D), shape)``.
+        decoder: image decoder ``(tokens (B, N, D), shape) -> images``.
+        quantizer: any backend of the quantizer contract.
+        config: the artifact config; ``config["data"]`` holds ``mean``, ``std``, ``range`` and ``key``.
+    """
+
+    modality = "image"
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer, config: dict[str, Any]) -> None:
+        super().__init__(encoder, decoder, quantizer, config)
+        data = config.get("data")
+        if not isinstance(data, dict) or not {"mean", "std", "range"} <= data.keys():
+            raise ValueError(f"an image tokenizer config needs data: {{mean, std, range, key}}, got {data!r}")
+        if not data["std"]:
+            raise ValueError("data.std must not be 0")
+        self.data_mean = data["mean"]
+        self.data_std = data["std"]
+        self.data_range = tuple(data["range"]) if data["range"] is not None else None
+        self.downsample_factor = int(getattr(encoder, "downsample_factor", getattr(encoder, "patch_size", 1)))
+        fixed = getattr(decoder, "image_size", None)
+        self.image_size: tuple[int, int] | None = (int(fixed[0]), int(fixed[1])) if fixed is not None else None
+
+    @torch.no_grad()
+    def encode(self, images: ImageInput) -> Tensor:
+        """Images -> ids (B, h, w) / (B, N) int64 for hard quantizers, tokens (..., D) for soft ones."""
+        return self._encode(images, ids=not self.soft)
+
+    @torch.no_grad()
+    def encode_ids(self, images: ImageInput) -> Tensor:
+        """Images -> ids (B, h, w) or (B, N) int64; for soft quantizers the argmax code of each token."""
+        return self._encode(images, ids=True)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """Ids or tokens, shaped as ``encode`` returns them -> images (B, 3, H, W) in the data range.
+
+        Args:
+            codes: integer ids or float tokens, on any device.
+            grid: (h, w) of flat codes, ids (B, h*w) or tokens (B, h*w, D); grid models only.
+
+        Raises:
+            ValueError: wrong shape, or ids outside [0, codebook_size) (from the quantizer).
+        """
+        if not isinstance(codes, Tensor):
+            raise TypeError(f"decode expects a torch.Tensor of ids or tokens, got {type(codes).__name__}")
+        per_token = (self.token_dim,) if codes.is_floating_point() else ()
+        tail = ", D" * len(per_token)
+        if self.image_size is not None:
+            if grid is not None:
+                raise ValueError("grid is for 2-D tokenizers; this 1-D tokenizer decodes (B, N) ids as they are")
+            if codes.dim() != 2 + len(per_token) or tuple(codes.shape[2:]) != per_token:
+                raise ValueError(
+                    f"this 1-D tokenizer decodes ids (B, N) or tokens (B, N, {self.token_dim}), got {codes.dtype} "
+                    f"{tuple(codes.shape)}"
+                )
+            shape = self.image_size
+        else:
+            if grid is not None:
+                h, w = grid
+                if codes.dim() != 2 + len(per_token) or codes.shape[1] != h * w:
+                    raise ValueError(
+                        f"grid={tuple(grid)} needs flat codes (B, {h * w}{tail}), got {tuple(codes.shape)}"
+                    )
+                codes = codes.reshape(codes.shape[0], h, w, *per_token)
+            if codes.dim() != 3 + len(per_token) or tuple(codes.shape[3:]) != per_token:
+                raise ValueError(
+                    f"decode expects ids (B, h, w) or tokens (B, h, w, {self.token_dim}), got {codes.dtype} "
+                    f"{tuple(codes.shape)}; pass flat codes (B, h*w{tail}) as decode(codes, grid=(h, w))"
+                )
+            shape = tuple(codes.shape[1:3])
+        codes = codes.to(self.device).reshape(codes.shape[0], -1, *per_token)
+        tokens = codes if per_token else self.quantizer.decode(codes)
+        return self._denormalize(self.decoder(tokens, shape))
+
+    def _encode(self, images: ImageInput, ids: bool) -> Tensor:
+        x = as_image_batch(images)
+        height, width = x.shape[-2:]
+        f = self.downsample_factor
+        if self.image_size is not None and (height, width) != self.image_size:
+            raise ValueError(
+                f"this tokenizer takes images of {self.image_size[0]}x{self.image_size[1]} only (a 1-D model with "
+                f"positional embeddings learned for that size), got {height}x{width}; resize or crop them"
+            )
+        if height % f or width % f:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of the tokenizer's downsampling factor {f}; "
+                f"resize or crop to a multiple of {f}"
+            )
+        tokens, shape = self.encoder(self._normalize(x.to(self.device)))
+        b, n, d = tokens.shape
+        if self.image_size is None:
+            token_shape = tuple(int(s) for s in shape)
+            if len(token_shape) != 2 or n != token_shape[0] * token_shape[1]:
+                raise ValueError(
+                    f"{type(self.encoder).__name__} returned {n} tokens with shape {token_shape}: a grid model's "
+                    "encoder must return (tokens, (h, w)), a 1-D model's decoder must have a fixed image_size"
+                )
+        else:
+            token_shape = (n,)
+        if ids:
+            return self.quantizer.encode(tokens).reshape(b, *token_shape)
+        return self.quantizer(tokens).z_q.reshape(b, *token_shape, d)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        return (x - self.data_mean) / self.data_std
+
+    def _denormalize(self, x: Tensor) -> Tensor:
+        x = x.float() * self.data_std + self.data_mean
+        return x.clamp(*self.data_range) if self.data_range is not None else x
+
+
+def as_image_batch(images: ImageInput) -> Tensor:
+    """A float batch (B, 3, H, W) in [0, 1] from a batch, one image (3, H, W), a PIL image or an image path.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        TypeError: not an image, or integer pixels (convert with ``x.float() / 255``).
+        ValueError: wrong shape or channel count, NaN/Inf, or values outside [0, 1].
+    """
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        with Image.open(path) as image:
+            images = _pil_to_tensor(image)
+    elif isinstance(images, Image.Image):
+        images = _pil_to_tensor(images)
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected a tensor, a PIL image or an image path, got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.numel() == 0:
+        raise ValueError(f"expected images (B, 3, H, W) or one image (3, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] != 3:
+        hint = " (channels last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
+        raise ValueError(f"expected RGB images with 3 channels in dim 1, got shape {tuple(images.shape)}{hint}")
+    if not images.is_floating_point():
+        raise TypeError(f"expected float images in [0, 1], got {images.dtype}; convert with images.float() / 255")
+    if not torch.isfinite(images).all():
+        raise ValueError("images hold NaN or Inf values")
+    low, high = (float(v) for v in images.aminmax())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]; map [-1, 1] data with "
+            "(x + 1) / 2, clamp resampling overshoot with x.clamp(0, 1)"
+        )
+    return images.float()
+
+
+def _pil_to_tensor(image: Image.Image) -> Tensor:
+    """A PIL image -> float (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).float().div(255)
