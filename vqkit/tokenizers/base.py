@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
