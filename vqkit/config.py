@@ -7,9 +7,23 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _first_set(*values: object) -> object:
+    """``${vqkit.first_set:a,b,...}``: the first value that is not null (``oc.select`` returns a null as is)."""
+    return next((v for v in values if v is not None), None)
+
+
+def register_resolvers() -> None:
+    """The resolvers vqkit's configs use; idempotent."""
+    if not OmegaConf.has_resolver("vqkit.first_set"):
+        OmegaConf.register_new_resolver("vqkit.first_set", _first_set)
+
+
+register_resolvers()
 
 
 def compose_train_config(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:

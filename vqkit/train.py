@@ -19,6 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
+from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
+from vqkit.config import register_resolvers
+
+register_resolvers()
 
 log = logging.getLogger("vqkit.train")
 
@@ -49,6 +53,33 @@ def save_final_checkpoint(trainer: L.Trainer) -> str | None:
     return path
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint ``trainer.fit`` starts from: ``ckpt_path``, else ``<resume>/checkpoints/last.ckpt``.
+
+    Raises:
+        FileNotFoundError: the run folder or the checkpoint does not exist, with what to do instead.
+    """
+    resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(
+                f"resume={resume}: not a vqkit run folder (no config.yaml in it); give the folder a run printed "
+                "in its summary line, e.g. resume=outputs/train/<timestamp>"
+            )
+        if ckpt_path is None:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                raise FileNotFoundError(
+                    f"resume={resume}: {last} does not exist (the run stopped before its first checkpoint); "
+                    "start the run again without resume="
+                )
+            ckpt_path = str(last)
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    return ckpt_path
+
+
 def _find_callback(callbacks: list[Any], kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
@@ -60,16 +91,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    ckpt_path = resume_checkpoint(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = resolved_config(cfg)
     config_path = output_dir / "config.yaml"
+    if cfg.get("resume") is not None:
+        previous = OmegaConf.to_container(OmegaConf.load(config_path))
+        keys = (set(previous) | set(resolved)) - {"resume", "ckpt_path"}
+        changed = sorted(k for k in keys if previous.get(k) != resolved.get(k))
+        if changed:
+            log.warning("resume: the config differs from the run's config.yaml in %s; the new one is used", changed)
+        config_path = output_dir / "config.resumed.yaml"
     config_path.write_text(OmegaConf.to_yaml(resolved))
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     model.attach_config(resolved)
     callbacks = instantiate_collection(cfg.get("callbacks"))
+    if cfg.get("seed") is not None:
+        callbacks.append(ReproducibleEpochs(cfg.seed))
     loggers = instantiate_collection(cfg.get("logger"))
     trainer_overrides: dict[str, Any] = {}
     if not model.automatic_optimization and cfg.trainer.get("gradient_clip_val") is not None:
@@ -78,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer_overrides["gradient_clip_val"] = None
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoint = save_final_checkpoint(trainer)
     if cfg.get("test") and not trainer.fast_dev_run:
         trainer.test(model, datamodule=datamodule)

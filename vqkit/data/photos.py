@@ -164,23 +164,27 @@ class RandomPhotoCrops(Dataset):
 class EpochKeySampler(Sampler[int]):
     """Yields keys ``epoch * n .. epoch * n + n - 1``: a fresh, reproducible set of samples per epoch.
 
-    ``set_epoch`` (called by Lightning, also through its distributed wrapper) pins the epoch; without
-    it every pass advances to the next epoch.
+    ``set_epoch`` (called by Lightning every epoch, also through its distributed wrapper) pins the
+    epoch: every pass until the next ``set_epoch`` yields that epoch's keys (a resumed Lightning run
+    may start iterating twice). Without ``set_epoch`` every pass advances to the next epoch.
     """
 
     def __init__(self, num_samples: int) -> None:
         self.num_samples = num_samples
         self.epoch = 0
+        self._pinned = False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._pinned = True
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         start = self.epoch * self.num_samples
-        self.epoch += 1
+        if not self._pinned:
+            self.epoch += 1
         return iter(range(start, start + self.num_samples))
 
 

@@ -1,0 +1,105 @@
+"""Exact resume: a run killed with SIGKILL and resumed with ``resume=RUN`` ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqkit.config import compose_train_config
+from vqkit.train import train
+
+MAX_STEPS = 8  # 2 epochs of 4 steps; the kill lands after the first epoch-end checkpoint
+RUN = [
+    "data.image_size=32", "data.batch_size=4", "data.train_samples=16", "data.val_samples=8", "data.num_workers=0",
+    "model.encoder.channels=8", "model.encoder.latent_dim=8", "quantizer.codebook_size=32",
+    # revival draws random vectors: the resumed run must draw the same ones
+    "quantizer.dead_code_threshold=0.5",
+    "trainer.accelerator=cpu", "trainer.deterministic=true", f"trainer.max_steps={MAX_STEPS}",
+    "trainer.enable_model_summary=false", "callbacks.progress_bar.refresh_rate=0",
+    "callbacks.reconstruction_grid=null", "callbacks.codebook_usage_plot=null", "seed=7",
+]
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vqkit.train", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _kill_after_first_checkpoint(proc: subprocess.Popen, outputs: Path, timeout: float = 300) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(outputs.glob("train/*/checkpoints/last.ckpt"))
+        if found:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return found[0].parents[1]
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("no checkpoint within the timeout")
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    env = {**os.environ, "VQKIT_OUTPUTS": str(outputs)}
+    killed = _cli(RUN, env)
+    run_dir = _kill_after_first_checkpoint(killed, outputs)
+    assert killed.returncode == -signal.SIGKILL
+
+    # every checkpoint left behind by the kill is complete (written to a temporary file, then renamed)
+    ckpts = list((run_dir / "checkpoints").iterdir())
+    assert ckpts and not [p for p in ckpts if p.suffix != ".ckpt"], ckpts
+    steps = {p.name: torch.load(p, map_location="cpu", weights_only=True)["global_step"] for p in ckpts}
+    assert 0 < steps["last.ckpt"] < MAX_STEPS, f"the kill did not land mid-training: {steps}"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vqkit.train", *RUN, f"resume={run_dir}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert [p.name for p in (outputs / "train").iterdir()] == [run_dir.name], "resume forked a new run folder"
+
+    reference = train(compose_train_config(RUN, tmp_path / "uninterrupted"))
+
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == MAX_STEPS
+    expected = _weights(Path(reference["checkpoint"]))
+    got = final["state_dict"]
+    assert got.keys() == expected.keys()
+    differ = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not differ, f"resumed parameters differ from the uninterrupted run: {differ}"
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for key in ("test/psnr", "test/codebook/usage", "test/codebook/perplexity"):
+        assert metrics[key] == pytest.approx(reference["metrics"][key], rel=1e-6, abs=1e-9), key
+
+    # the logger continued: one metrics.csv holding the steps before the kill and after the resume
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = {int(r.split(",")[header.index("step")]) for r in rows[1:]}
+    assert min(logged) < steps["last.ckpt"] and max(logged) >= MAX_STEPS - 1
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "config.resumed.yaml").is_file()
+
+
+def test_resume_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a vqkit run folder"):
+        train(compose_train_config([*RUN, f"resume={tmp_path / 'nowhere'}"], tmp_path / "nowhere"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 7\n")
+    with pytest.raises(FileNotFoundError, match="before its first checkpoint"):
+        train(compose_train_config([*RUN, f"resume={run}"], run))
