@@ -103,3 +103,24 @@ def test_resume_errors_name_the_problem(tmp_path: Path) -> None:
     (run / "config.yaml").write_text("seed: 7\n")
     with pytest.raises(FileNotFoundError, match="before its first checkpoint"):
         train(compose_train_config([*RUN, f"resume={run}"], run))
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch(marker): what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, evil)
+    with pytest.raises(pickle.UnpicklingError):
+        train(compose_train_config([*RUN, f"ckpt_path={evil}"], tmp_path / "run"))
+    assert not marker.exists(), "loading the checkpoint ran its code"

@@ -119,7 +119,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer_overrides["gradient_clip_val"] = None
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    # vqkit checkpoints hold tensors and plain data only: resuming never runs the full unpickler.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     checkpoint = save_final_checkpoint(trainer)
     if cfg.get("test") and not trainer.fast_dev_run:
         trainer.test(model, datamodule=datamodule)
