@@ -1,0 +1,141 @@
+"""Audio files <-> codes with a trained tokenizer artifact.
+
+    python -m vqkit.audio encode speech.wav speech.codes.safetensors --tokenizer DIR [--stages S]
+    python -m vqkit.audio decode speech.codes.safetensors speech.recon.wav [--tokenizer DIR] [--stages S]
+    python -m vqkit.audio info --tokenizer DIR
+
+A codes file is safetensors with one tensor ``codes`` (ids (N, S) for residual quantizers, (N,)
+for single-stage ones, int16 when the codebook has at most 32,768 codes, else int32; float (N, D)
+for soft quantizers) and metadata: ``sample_rate``,
+``length`` (samples of the input), ``hop_length``, ``num_stages`` and ``tokenizer`` (the
+artifact directory, so ``decode`` finds it without ``--tokenizer``). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import soundfile as sf
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from vqkit.tokenizers import load_tokenizer
+from vqkit.tokenizers.audio import AudioTokenizer
+
+
+def _load(path: str | Path, device: str) -> AudioTokenizer:
+    tokenizer = load_tokenizer(path, device=device)
+    if not isinstance(tokenizer, AudioTokenizer):
+        raise ValueError(f"{path} holds a {tokenizer.modality} tokenizer, not an audio one")
+    return tokenizer
+
+
+def describe(tokenizer: AudioTokenizer, stages: int | None = None) -> str:
+    """One line: rates, stages, codebook and bitrate."""
+    used = stages or tokenizer.num_stages
+    return (
+        f"{tokenizer.sample_rate} Hz audio, {tokenizer.frame_rate:g} frames/s (hop {tokenizer.hop_length}), "
+        f"{used}/{tokenizer.num_stages} stage(s) x {tokenizer.codebook_size} codes: "
+        f"{tokenizer.bitrate(used) / 1000:.3g} kbps"
+    )
+
+
+def encode_file(
+    audio_path: str | Path, codes_path: str | Path, tokenizer_dir: str | Path, stages: int | None = None,
+    device: str = "cpu",
+) -> dict[str, str]:
+    """Tokenize one audio file into a codes file; returns the metadata written."""
+    tokenizer = _load(tokenizer_dir, device)
+    wave = tokenizer.as_waveform_batch(audio_path)
+    codes = tokenizer.encode(wave, num_stages=stages)[0].cpu().contiguous()
+    if not codes.is_floating_point():  # ids fit the narrowest integer type of the codebook
+        codes = codes.to(torch.int16 if tokenizer.codebook_size <= 2**15 else torch.int32)
+    metadata = {
+        "sample_rate": str(tokenizer.sample_rate),
+        "length": str(wave.shape[-1]),
+        "hop_length": str(tokenizer.hop_length),
+        "num_stages": str(stages or tokenizer.num_stages),
+        "tokenizer": str(Path(tokenizer_dir).resolve()),
+        "source": Path(audio_path).name,
+    }
+    Path(codes_path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"codes": codes}, str(codes_path), metadata=metadata)
+    return {**metadata, "description": describe(tokenizer, stages), "frames": str(codes.shape[0])}
+
+
+def decode_file(
+    codes_path: str | Path, audio_path: str | Path, tokenizer_dir: str | Path | None = None,
+    stages: int | None = None, device: str = "cpu",
+) -> dict[str, str]:
+    """Reconstruct a 16-bit WAV from a codes file (``stages``: decode the first S stages only)."""
+    codes_path = Path(codes_path)
+    if not codes_path.is_file():
+        raise FileNotFoundError(f"codes file not found: {codes_path}")
+    try:
+        with safe_open(str(codes_path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        codes = load_file(str(codes_path))["codes"]
+    except (SafetensorError, KeyError) as err:
+        raise ValueError(f"{codes_path} is not a codes file written by `python -m vqkit.audio encode`: {err}") from err
+    directory = tokenizer_dir or metadata.get("tokenizer")
+    if not directory:
+        raise ValueError(f"{codes_path} does not name its tokenizer; pass --tokenizer DIR")
+    tokenizer = _load(directory, device)
+    if int(metadata.get("sample_rate", tokenizer.sample_rate)) != tokenizer.sample_rate:
+        raise ValueError(
+            f"{codes_path} was encoded at {metadata['sample_rate']} Hz but {directory} runs at "
+            f"{tokenizer.sample_rate} Hz"
+        )
+    if stages is not None:
+        if codes.dim() != 2 or not 1 <= stages <= codes.shape[-1]:
+            raise ValueError(f"--stages {stages}: the file holds ids {tuple(codes.shape)} (frames, stages)")
+        codes = codes[:, :stages]
+    length = int(metadata["length"]) if "length" in metadata else None
+    wave = tokenizer.decode(codes.unsqueeze(0), length=length)[0, 0].cpu().numpy()
+    Path(audio_path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(audio_path), wave, tokenizer.sample_rate, subtype="PCM_16")
+    used = codes.shape[-1] if codes.dim() == 2 and not codes.is_floating_point() else None
+    return {"description": describe(tokenizer, used), "samples": str(wave.shape[0])}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; returns the exit status (1 on errors)."""
+    parser = argparse.ArgumentParser(prog="python -m vqkit.audio", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    enc = commands.add_parser("encode", help="audio file -> codes (.safetensors)")
+    enc.add_argument("audio")
+    enc.add_argument("codes")
+    enc.add_argument("--tokenizer", required=True, help="tokenizer artifact directory (python -m vqkit.export)")
+    enc.add_argument("--stages", type=int, default=None, help="keep the first S residual stages (lower bitrate)")
+    dec = commands.add_parser("decode", help="codes (.safetensors) -> 16-bit WAV")
+    dec.add_argument("codes")
+    dec.add_argument("audio")
+    dec.add_argument("--tokenizer", default=None, help="artifact directory (default: the one the codes file names)")
+    dec.add_argument("--stages", type=int, default=None, help="decode the first S stages only")
+    info = commands.add_parser("info", help="print rates and bitrate of a tokenizer")
+    info.add_argument("--tokenizer", required=True)
+    for sub in (enc, dec, info):
+        sub.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "encode":
+            meta = encode_file(args.audio, args.codes, args.tokenizer, args.stages, args.device)
+            print(f"vqkit.audio: {args.audio} -> {args.codes}: {meta['frames']} frames | {meta['description']}")
+        elif args.command == "decode":
+            meta = decode_file(args.codes, args.audio, args.tokenizer, args.stages, args.device)
+            print(f"vqkit.audio: {args.codes} -> {args.audio}: {meta['samples']} samples | {meta['description']}")
+        else:
+            print(f"vqkit.audio: {args.tokenizer}: {describe(_load(args.tokenizer, args.device))}")
+    except (OSError, ValueError, TypeError) as err:
+        print(f"vqkit.audio: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())
