@@ -35,3 +35,48 @@ def warmup_cosine(
 def constant(optimizer: Optimizer, total_steps: int) -> LambdaLR:
     """No schedule (kept as a factory so configs can swap it in)."""
     return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def learning_annealing(
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.01,
+    warmup_start_ratio: float = 0.005,
+    hold_fraction: float = 0.3,
+) -> LambdaLR:
+    """FVQ's "learning annealing": warm up from ``warmup_start_ratio`` x base LR, hold, then decay linearly.
+
+    With P = total_steps - warmup_steps post-warm-up steps: linear warm-up from ``warmup_start_ratio``
+    to 1.0 over ``warmup_steps``; 1.0 until ``hold_fraction`` x P steps after the warm-up; then a
+    linear decay reaching ``min_lr_ratio`` at the last step (FVQ: 0.005, 0.3, 0.01).
+
+    Args:
+        optimizer: the optimizer whose groups' LRs are scaled.
+        total_steps: optimizer steps in the run.
+        warmup_steps: steps of warm-up.
+        min_lr_ratio: final LR as a fraction of the base LR.
+        warmup_start_ratio: LR factor at step 0.
+        hold_fraction: fraction of the post-warm-up steps held at the base LR.
+    """
+    if total_steps <= 0 or math.isinf(total_steps):
+        raise ValueError(
+            f"learning_annealing needs a finite number of steps; set trainer.max_steps (got {total_steps})"
+        )
+    if not 0.0 <= hold_fraction <= 1.0:
+        raise ValueError(f"hold_fraction must lie in [0, 1], got {hold_fraction}")
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    post = max(total_steps - warmup_steps, 1)
+    hold_end = hold_fraction * post
+    decay_len = max(post - 1 - hold_end, 1e-12)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return warmup_start_ratio + (1.0 - warmup_start_ratio) * step / warmup_steps
+        t = step - warmup_steps
+        if t <= hold_end:
+            return 1.0
+        progress = min((t - hold_end) / decay_len, 1.0)
+        return 1.0 + (min_lr_ratio - 1.0) * progress
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,54 @@
+"""Smoke test of benchmarks/codebook_utilization.py: tiny features, tiny K, a few steps."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+from types import ModuleType
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "codebook_utilization.py"
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("codebook_utilization", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cells_measure_finite_metrics_and_write_outputs(tmp_path: Path) -> None:
+    bench = _load_script()
+    features = tmp_path / "features.pt"
+    info = bench._child_features({"threads": 1, "train": 512, "heldout": 256, "dim": 4, "seed": 0,
+                                  "path": str(features)})
+    assert info == {"train": 512, "heldout": 256, "raw_dim": 40}
+    cell = {"threads": 1, "k": 16, "features": str(features), "steps": 3, "batch": 32, "lr": 1e-3,
+            "eval_chunk": 100, "seed": 0}
+    rows = []
+    for backend in ("vq_revival", "vqgan_lc", "vqbridge"):
+        result = bench._child_cell({**cell, "backend": backend})
+        assert 0 < result["usage"] <= 1 and result["dead_codes"] == round(16 * (1 - result["usage"]))
+        assert 1 <= result["perplexity"] <= 16
+        for key in ("mse", "step_s", "peak_rss_mib"):
+            assert math.isfinite(result[key]) and result[key] > 0, (backend, key)
+        rows.append({"backend": backend, "K": 16, "status": "ok", "usage_bound_random": 1.0, **result})
+    rows.append({"backend": "vq", "K": 16, "status": "out of memory (> 1 GiB cap)", "usage_bound_random": 1.0})
+    assert "out of memory" in bench._markdown_table(rows)
+    bench.plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_main_runs_a_cell_in_a_capped_subprocess(tmp_path: Path) -> None:
+    bench = _load_script()
+    features = tmp_path / "features.pt"
+    bench._child_features({"threads": 1, "train": 256, "heldout": 256, "dim": 4, "seed": 0, "path": str(features)})
+    bench.main(["--ks", "16", "--backends", "vq", "--steps", "3", "--batch", "32", "--train", "256", "--heldout",
+                "256", "--dim", "4", "--threads", "1", "--features", str(features), "--out-dir", str(tmp_path)])
+    with (tmp_path / "codebook_utilization.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["backend"], r["K"], r["status"]) for r in rows] == [("vq", "16", "ok")]
+    assert 0 < float(rows[0]["usage"]) <= 1
+    assert (tmp_path / "codebook_utilization.md").exists() and (tmp_path / "codebook_utilization.png").exists()

@@ -1,0 +1,74 @@
+"""`python -m vqkit.codebook`: k-means pieces, a tiny end-to-end build, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from vqkit.codebook import main, minibatch_kmeans, pool_grid, split_codes
+from vqkit.quantizers import build_quantizer
+from vqkit.quantizers.codebook_file import load_codebook
+
+TINY = ["--num-images", "8", "--image-size", "32", "--encoder-size", "64", "--iters", "5", "--batch-size", "8"]
+
+
+def test_minibatch_kmeans_finds_separated_blobs():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0], [0.0, -10.0]])
+    x = (centres.repeat_interleave(200, 0) + 0.1 * torch.randn(800, 2, generator=g))[torch.randperm(800, generator=g)]
+    found, counts = minibatch_kmeans(x, 8, iters=30, batch_size=256, generator=g)
+    assert found.shape == (8, 2) and int(counts.sum()) == 800
+    # every blob owns at least one centre, and most centres sit on a blob (mini-batch k-means may leave one
+    # centre in a local optimum between blobs)
+    assert (torch.cdist(centres, found).min(1).values < 0.5).all()
+    assert (torch.cdist(found, centres).min(1).values < 0.5).sum() >= 6
+
+
+def test_split_and_pool_helpers():
+    assert split_codes(10, 3) == [4, 3, 3]
+    with pytest.raises(ValueError, match="classes"):
+        split_codes(2, 3)
+    feats = torch.arange(2 * 16 * 3, dtype=torch.float32).reshape(2, 16, 3)
+    pooled = pool_grid(feats, 2)
+    assert pooled.shape == (2, 4, 3)
+    torch.testing.assert_close(pooled[0, 0], feats[0, [0, 1, 4, 5]].mean(0))
+    with pytest.raises(ValueError, match="square"):
+        pool_grid(torch.zeros(1, 6, 3), 2)
+
+
+def test_builds_a_loadable_codebook_from_the_photos(tmp_path):
+    out = tmp_path / "cb.safetensors"
+    assert main(["--out", str(out), "--num-codes", "16", *TINY]) == 0
+    codebook, meta = load_codebook(out, expected_size=16)
+    assert codebook.shape == (16, 1280) and torch.isfinite(codebook).all()
+    assert meta["source"] == "efficientnet_lite0" and meta["data"] == "photos" and meta["num_features"] == "32"
+    q = build_quantizer("vqgan_lc", dim=8, codebook_size=16, codebook_path=str(out))
+    assert q.feature_dim == 1280 and q(torch.randn(1, 5, 8)).indices.shape == (1, 5)
+
+
+def test_per_class_codes_from_an_image_folder(tmp_path):
+    for cls, colour in (("cat", (200, 40, 40)), ("dog", (40, 40, 200))):
+        folder = tmp_path / "data" / "train" / cls
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 36), tuple(c + 10 * i for c in colour)).save(folder / f"{i}.png")
+    out = tmp_path / "cb.safetensors"
+    argv = ["--out", str(out), "--num-codes", "6", "--data", "folder", "--data-root", str(tmp_path / "data"),
+            "--num-images", "0", "--per-class", "--pool", "1", *TINY[2:]]
+    assert main(argv) == 0
+    _, meta = load_codebook(out, expected_size=6)
+    assert meta["per_class"] == "true" and meta["num_classes"] == "2" and meta["num_features"] == "6"
+
+
+def test_missing_inputs_give_clear_errors(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x.safetensors"), "--data", "folder", "--data-root",
+                 str(tmp_path / "nowhere"), *TINY]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "x.safetensors"), "--source", "tokenizer", "--tokenizer",
+                 str(tmp_path / "no.ckpt"), *TINY]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "x.safetensors"), "--source", "timm", "--model-name", "resnet18",
+                 "--weights-path", str(tmp_path / "no.pth"), *TINY]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

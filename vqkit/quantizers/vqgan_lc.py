@@ -1,0 +1,134 @@
+"""VQGAN-LC: a frozen codebook of pretrained features, mapped to the latent space by a trained projector.
+
+Zhu et al., "Scaling the Codebook Size of VQ-GAN to 100,000 with a Utilization Rate of 99%"
+(arXiv 2406.11837). The K x F codebook (k-means centres of image features, built by
+``python -m vqkit.codebook``) never changes; a projector (Linear F -> D, or an MLP) maps all
+K codes to the search space every training forward, the latents are matched by exact L2
+search over all projected codes, and only the projector (and the encoder) learn. Because
+every code moves through the shared projector, codes the batch never selects still follow
+the latent distribution, which keeps usage near 100% at very large K.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from vqkit.quantizers.codebook_file import BUILD_HINT, load_codebook
+from vqkit.quantizers.generated_codebook import GeneratedCodebookQuantizer, fp32_call
+from vqkit.quantizers.registry import register_quantizer
+from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK
+
+log = logging.getLogger(__name__)
+
+PROJECTORS = ("linear", "mlp")
+
+
+@register_quantizer("vqgan_lc")
+class VQGANLCQuantizer(GeneratedCodebookQuantizer):
+    """Straight-through VQ over ``projector(frozen_features)``.
+
+    Args:
+        dim: width D of the latents and of the projected codes (the paper: 8).
+        codebook_size: number of codes K; must equal the file's K.
+        codebook_path: safetensors file from ``python -m vqkit.codebook`` holding (K, F) features.
+            None: a random Gaussian (K, feature_dim) codebook drawn from ``seed`` is used instead and a
+            warning is logged - for tests and for the random-frozen-codebook ablation of the paper.
+        build: options of ``vqkit.codebook.build_codebook`` (e.g. ``{"source": "efficientnet_lite0",
+            "num_images": 4096}``); when given and ``codebook_path`` does not exist yet, the codebook is
+            built there first (K = ``codebook_size``). None: a missing file is an error.
+        feature_dim: F; checked against the file when given, required width of the random codebook
+            otherwise (defaults to ``dim``).
+        projector: ``linear`` (the paper's default) or ``mlp`` (Linear F->hidden, ReLU, Linear hidden->D).
+        projector_hidden: hidden width of the MLP projector (the paper: 256).
+        projector_init: ``normal`` (the paper: weights N(0, D^-1/2), bias 0) or ``identity`` (linear projector
+            with F == D only: starts as the file's codebook itself, e.g. codes built from the tokenizer's own
+            latents by ``python -m vqkit.codebook --source tokenizer``).
+        seed: seed of the random codebook when no file is given.
+        codebook_weight, commit_weight, swap_loss_weights: as ``vq``; VQGAN-LC's own loss is
+            commit 1.0 + 0.33 codebook, i.e. ``codebook_weight=1.0, commit_weight=0.33, swap_loss_weights=True``.
+        code_chunk, row_chunk: tile sizes of the nearest-code search.
+        check_finite: raise on NaN/Inf latents.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        codebook_path: str | None = None,
+        build: dict | None = None,
+        feature_dim: int | None = None,
+        projector: str = "linear",
+        projector_hidden: int = 256,
+        projector_init: str = "normal",
+        seed: int = 0,
+        codebook_weight: float = 1.0,
+        commit_weight: float = 0.33,
+        swap_loss_weights: bool = True,
+        code_chunk: int = DEFAULT_CODE_CHUNK,
+        row_chunk: int = DEFAULT_ROW_CHUNK,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(
+            dim, codebook_size, codebook_weight, commit_weight, swap_loss_weights, code_chunk, row_chunk, check_finite
+        )
+        if projector not in PROJECTORS:
+            raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
+        if codebook_path and build is not None and not Path(codebook_path).exists():
+            from vqkit.codebook import build_codebook
+
+            log.warning("vqgan_lc: %s does not exist: building it now with %s", codebook_path, dict(build))
+            build_codebook(out=codebook_path, num_codes=codebook_size, **dict(build))
+        if codebook_path:
+            features, metadata = load_codebook(codebook_path, expected_size=codebook_size)
+            if feature_dim is not None and features.shape[1] != feature_dim:
+                raise ValueError(
+                    f"{codebook_path} holds {features.shape[1]}-dim features but feature_dim={feature_dim}; "
+                    f"set quantizer.feature_dim={features.shape[1]} (or null)"
+                )
+            self.source = f"{codebook_path} ({metadata.get('source', 'unknown source')})"
+        else:
+            width = feature_dim or dim
+            log.warning(
+                "vqgan_lc: no codebook_path given: using a RANDOM frozen %d x %d Gaussian codebook (seed %d), "
+                "not pretrained features; %s",
+                codebook_size,
+                width,
+                seed,
+                BUILD_HINT,
+            )
+            features = torch.randn(codebook_size, width, generator=torch.Generator().manual_seed(seed))
+            self.source = f"random (seed {seed})"
+        self.codebook_path = codebook_path
+        self.feature_dim = int(features.shape[1])
+        self.register_buffer("features", features)  # (K, F), frozen: a buffer, never a parameter
+        self.projector = build_projector(projector, self.feature_dim, dim, projector_hidden)
+        if projector_init == "identity":
+            if projector != "linear" or self.feature_dim != dim:
+                raise ValueError(
+                    f"projector_init='identity' needs projector='linear' and feature_dim == dim, got {projector!r} "
+                    f"with {self.feature_dim} -> {dim}; use projector_init='normal'"
+                )
+            with torch.no_grad():
+                self.projector.weight.copy_(torch.eye(dim))
+        elif projector_init != "normal":
+            raise ValueError(f"projector_init must be 'normal' or 'identity', got {projector_init!r}")
+
+    def generate_codebook(self) -> Tensor:
+        return fp32_call(self.projector, self.features)
+
+    def extra_repr(self) -> str:
+        return f"K={self.codebook_size}, features={self.feature_dim} -> {self.dim}, codebook={self.source}"
+
+
+def build_projector(kind: str, in_dim: int, out_dim: int, hidden: int) -> nn.Module:
+    """The VQGAN-LC projector: Linear with N(0, out_dim^-1/2) weights, or a two-layer ReLU MLP."""
+    if kind == "linear":
+        linear = nn.Linear(in_dim, out_dim)
+        nn.init.normal_(linear.weight, std=out_dim**-0.5)
+        nn.init.zeros_(linear.bias)
+        return linear
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
