@@ -32,14 +32,45 @@ FAST_1D_MODEL = [
     "model.encoder.num_latent_tokens=8",
     "model.encoder.latent_dim=8",
 ]
+# The same for waveform data (data=speech / audio_folder) and models (model=audio_conv*).
+FAST_AUDIO_DATA = [
+    "data.segment_seconds=0.1",
+    "data.batch_size=4",
+    "data.train_samples=8",
+    "data.max_eval_segments=1",
+    "data.num_workers=0",
+]
+FAST_AUDIO_MODEL = [
+    "model.encoder.channels=4",
+    "model.encoder.latent_dim=8",
+    "model.encoder.strides=[2,4]",
+    "model.encoder.lstm_layers=0",
+    "model.loss.windows=[32,64]",
+]
+# Text (data=shakespeare/text/tinystories, model=text_*): the tiny GQ settings of tests/text/conftest.py.
+TEXT_SELECTORS = ("data=shakespeare", "data=text", "data=tinystories", "model=text_", "recipe=gqvae_")
 compose_config = compose_train_config
 
 
 def fast_overrides(overrides: list[str]) -> list[str]:
-    """FAST_OVERRIDES adapted to the model the overrides pick."""
+    """FAST_OVERRIDES adapted to the data and model the overrides pick."""
+    if any(o.startswith(TEXT_SELECTORS) for o in overrides):
+        from tests.text.conftest import TINY_GATE, TINY_TEXT
+
+        text = list(TINY_TEXT) + ([] if "model=text_fixed" in overrides else list(TINY_GATE))
+        if not any(o.startswith(("model=", "recipe=")) for o in overrides):
+            text.append("model=text_gq")  # a text data option alone keeps the default image model
+        if not any(o.startswith(("data=", "recipe=")) for o in overrides):
+            text.append("data=shakespeare")
+        return text
+    fast = list(FAST_OVERRIDES)
+    if any(o.startswith(("data=speech", "data=audio")) for o in overrides):
+        fast = [o for o in fast if not o.startswith("data.")] + FAST_AUDIO_DATA
+    if any(o.startswith("model=audio") for o in overrides):
+        return [o for o in fast if not o.startswith("model.")] + FAST_AUDIO_MODEL
     if any(o.startswith("model=image_1d") for o in overrides):
-        return [o for o in FAST_OVERRIDES if not o.startswith("model.")] + FAST_1D_MODEL
-    return FAST_OVERRIDES
+        return [o for o in fast if not o.startswith("model.")] + FAST_1D_MODEL
+    return fast
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -32,11 +33,27 @@ def make_imagenet_tree(root: Path) -> Path:
     return root
 
 
+def make_wav_tree(root: Path, files: int = 8) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    for i in range(files):
+        folder = root / f"speaker{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"{i}.wav", np.sin(np.arange(4000) * 0.05 * (i + 1)).astype(np.float32) * 0.5, 8000)
+    return root
+
+
 def recipe_overrides(name: str) -> list[str]:
     """Run a recipe on the embedded photos, naming its model on the CLI so the fast overrides fit it."""
     defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "recipe" / f"{name}.yaml")).get("defaults", [])
     models = [v for d in defaults if isinstance(d, dict) for k, v in d.items() if k == "override /model"]
-    return [f"recipe={name}", "data=photos"] + [f"model={m}" for m in models]
+    data = "photos"  # the embedded data of the modality
+    if any(m.startswith("audio") for m in models):
+        data = "speech"
+    elif name.startswith("gq"):
+        data = "shakespeare"
+    return [f"recipe={name}", f"data={data}"] + [f"model={m}" for m in models]
 
 
 @pytest.mark.parametrize("name", [p.stem for p in sorted((CONF_DIR / "recipe").glob("*.yaml"))])
@@ -61,6 +78,20 @@ def test_group_option_composes_and_instantiates(group: str, option: str, make_co
         root = make_imagenet_tree(tmp_path / "imagenet")
         overrides += [f"data.root={root}", "data.image_size=32", "data.num_workers=0"]
         fast = False
+    if group == "data" and option == "audio_folder":
+        root = make_wav_tree(tmp_path / "audio")
+        overrides += [f"data.root={root}", "data.num_workers=0", "data.val_fraction=0.3", "data.test_fraction=0.3"]
+    if group == "data" and option == "text":
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text("To be, or not to be, that is the question.\n" * 200)
+        overrides += [f"data.paths=[{corpus}]"]
+    if group == "data" and option == "tinystories":
+        root = tmp_path / "tinystories"
+        root.mkdir()
+        for split in ("train", "valid"):
+            stories = "<|endoftext|>".join(f"Once upon a time there was a cat number {i}." for i in range(200))
+            (root / f"TinyStoriesV2-GPT4-{split}.txt").write_text(stories)
+        overrides += [f"data.root={root}"]
     if group == "recipe":
         overrides = recipe_overrides(option)
     if group == "trainer":
@@ -74,6 +105,12 @@ def test_group_option_composes_and_instantiates(group: str, option: str, make_co
     assert model.quantizer.dim == cfg.model.encoder.latent_dim
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
+    if group == "trainer" and option == "fsdp" and not torch.cuda.is_available():
+        # Lightning runs FSDP on GPUs only: the strategy builds, the trainer names what is missing.
+        assert type(instantiate(cfg.trainer.strategy)).__name__ == "FSDPStrategy"
+        with pytest.raises(Exception, match="requires a GPU"):  # hydra wraps the ValueError
+            instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        return
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     assert isinstance(trainer, L.Trainer)
 

@@ -341,7 +341,7 @@ def test_load_refuses_hydra_directives_and_interpolations(artifact: Path, key: s
         (lambda c: c.update(format="something-else"), "not a vqkit tokenizer config"),
         (lambda c: c.update(format_version=2), "newer vqkit"),
         (lambda c: c.update(format_version=True), "positive integer"),
-        (lambda c: c.update(modality="audio"), "unknown modality 'audio'; known: image"),
+        (lambda c: c.update(modality="video"), "unknown modality 'video'; known: "),
         (lambda c: c.update(codebook_size=99), "config states {'codebook_size': 99}"),
         (lambda c: c["encoder"].update(channels=8), "model.safetensors does not fit the model"),
         (lambda c: c.pop("quantizer"), "quantizer must be an object with a _target_"),

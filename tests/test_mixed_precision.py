@@ -17,6 +17,8 @@ from vqkit.train import train
 # name -> overrides picking the modality's model, data and a hard quantizer (fast settings come from make_config).
 MODALITIES = {
     "image": ["quantizer=vq"],
+    "audio": ["data=speech", "model=audio_conv", "quantizer=vq", "callbacks.audio_samples=null"],
+    "text": ["data=shakespeare", "model=text_gq", "quantizer=vq"],
 }
 
 

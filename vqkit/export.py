@@ -32,7 +32,7 @@ from vqkit.tokenizers import FORMAT, FORMAT_VERSION, PARTS, Tokenizer, tokenizer
 
 log = logging.getLogger("vqkit.export")
 
-USAGE = "usage: python -m vqkit.export ckpt_path=PATH out=DIR [allow_pickle=false] [modality=image]"
+USAGE = "usage: python -m vqkit.export ckpt_path=PATH out=DIR [allow_pickle=false] [modality=auto]"
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
@@ -72,13 +72,14 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     return checkpoint
 
 
-def artifact_config(checkpoint: dict[str, Any], source: Path, modality: str = "image") -> dict[str, Any]:
+def artifact_config(checkpoint: dict[str, Any], source: Path, modality: str = "auto") -> dict[str, Any]:
     """The tokenizer config (without the fields derived from the quantizer) of a vqkit.train checkpoint.
 
     Args:
         checkpoint: the loaded checkpoint.
         source: its path; only the file name is recorded.
-        modality: the tokenizer class the artifact loads as.
+        modality: the tokenizer class the artifact loads as; ``"auto"``: the model's ``data_key``
+            when it names a registered modality (``"audio"``), else ``"image"``.
 
     Raises:
         ValueError: the checkpoint has no ``vqkit_config`` with a model config.
@@ -91,6 +92,11 @@ def artifact_config(checkpoint: dict[str, Any], source: Path, modality: str = "i
             "checkpoint written by vqkit.train, which stores its resolved config under 'vqkit_config'"
         )
     defaults = {name: p.default for name, p in inspect.signature(TokenizerModule).parameters.items()}
+    if modality == "auto":
+        from vqkit.tokenizers import TOKENIZER_CLASSES
+
+        key = model.get("data_key", defaults["data_key"])
+        modality = key if key in TOKENIZER_CLASSES else "image"
     data_range = model.get("data_range", defaults["data_range"])
     return {
         "format": FORMAT,
@@ -113,8 +119,15 @@ def artifact_config(checkpoint: dict[str, Any], source: Path, modality: str = "i
     }
 
 
+def is_text_checkpoint(checkpoint: dict[str, Any]) -> bool:
+    """Whether a vqkit.train checkpoint holds a GQ-VAE text model (``vqkit.lit.GQModule``)."""
+    run_config = checkpoint.get("vqkit_config")
+    model = run_config.get("model") if isinstance(run_config, dict) else None
+    return isinstance(model, dict) and model.get("_target_") in ("vqkit.lit.GQModule", "vqkit.lit.gq_module.GQModule")
+
+
 def export_tokenizer(
-    ckpt_path: str | os.PathLike, out: str | os.PathLike, allow_pickle: bool = False, modality: str = "image"
+    ckpt_path: str | os.PathLike, out: str | os.PathLike, allow_pickle: bool = False, modality: str = "auto"
 ) -> Tokenizer:
     """Write the tokenizer artifact of a checkpoint into the directory ``out``.
 
@@ -132,6 +145,10 @@ def export_tokenizer(
     """
     ckpt_path = Path(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path, allow_pickle)
+    if is_text_checkpoint(checkpoint):  # GQ-VAE text tokenizers export a vocabulary (vqkit.tokenizers.text)
+        from vqkit.tokenizers.text import export_text_checkpoint
+
+        return export_text_checkpoint(checkpoint, ckpt_path, out)
     config = artifact_config(checkpoint, ckpt_path, modality)
     tokenizer = tokenizer_from_config(config, source=f"{ckpt_path} (vqkit_config.model)")
     state = checkpoint.get("state_dict")
@@ -160,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in args):
         print(USAGE)
         return 0
-    options = {"allow_pickle": "false", "modality": "image"}
+    options = {"allow_pickle": "false", "modality": "auto"}
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep or key not in ("ckpt_path", "out", *options):
@@ -178,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, pickle.UnpicklingError) as err:
         print(f"vqkit.export: error: {err}", file=sys.stderr)
         return 1
+    if tokenizer.modality == "text":
+        details = f"text tokenizer, vocabulary of {tokenizer.vocab_size} (256 bytes + learned pieces)"
+    else:
+        details = (
+            f"{tokenizer.modality} tokenizer, {tokenizer.codebook_size} codes, {tokenizer.token_dim}-dim tokens, "
+            f"soft={tokenizer.soft}"
+        )
     print(
         f"vqkit: exported {options['ckpt_path']} (step {tokenizer.config['training']['step']}) -> {options['out']} | "
-        f"{tokenizer.modality} tokenizer, {tokenizer.codebook_size} codes, {tokenizer.token_dim}-dim tokens, "
-        f"soft={tokenizer.soft}",
+        f"{details}",
         flush=True,
     )
     return 0

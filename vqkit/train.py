@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vqkit.callbacks.audio_samples import AudioSamples
 from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
 from vqkit.config import register_resolvers
@@ -80,8 +81,14 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return ckpt_path
 
 
-def _find_callback(callbacks: list[Any], kind: type) -> Any:
-    return next((c for c in callbacks if isinstance(c, kind)), None)
+def _latest_samples(callbacks: list[Any]) -> str | None:
+    """The newest picture a sample callback wrote (reconstruction grid, spectrograms), if any."""
+    for callback in callbacks:
+        if isinstance(callback, ReconstructionGrid) and callback.latest:
+            return str(callback.dirpath / "recon_latest.png")
+        if isinstance(callback, AudioSamples) and callback.latest:
+            return str(callback.dirpath / "spec_latest.png")
+    return None
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -126,13 +133,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(model, datamodule=datamodule)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    grid = _find_callback(callbacks, ReconstructionGrid)
+    samples = _latest_samples(callbacks)
     result = {
         "output_dir": str(output_dir),
         "checkpoint": checkpoint or None,
         "config": str(config_path),
         "metrics_file": str(output_dir / "metrics.json"),
-        "samples": str(grid.dirpath / "recon_latest.png") if grid is not None and grid.latest else None,
+        "samples": samples,
         "metrics": metrics,
         "seconds": round(time.time() - started, 1),
     }
@@ -142,11 +149,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+HEADLINE = (
+    "test/psnr", "test/ssim", "test/si_snr", "test/mel_distance", "test/bytes_per_token", "test/codebook/usage",
+    "val/psnr",
+)
+
+
 def summary_line(result: dict[str, Any]) -> str:
     """One line: where everything is, and the headline metrics."""
     m = result["metrics"]
     headline = " ".join(
-        f"{k}={m[k]:.4g}" for k in ("test/psnr", "test/ssim", "test/codebook/usage", "val/psnr") if k in m
+        f"{k}={m[k]:.4g}" for k in HEADLINE if k in m
     )
     return (
         f"vqkit: finished in {result['seconds']:.0f}s | {headline} | checkpoint: {result['checkpoint']} | "

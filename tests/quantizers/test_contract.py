@@ -44,6 +44,11 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
         assert torch.equal(a[key], b[key]), f"state {key!r} differs"
 
 
+def ids_shape(q, *lead: int) -> tuple[int, ...]:
+    """Shape of the ids for tokens of shape ``lead``: a trailing stage axis for multi-stage quantizers."""
+    return lead if q.num_stages is None else (*lead, q.num_stages)
+
+
 @pytest.fixture(params=NAMES)
 def name(request) -> str:
     return request.param
@@ -57,7 +62,7 @@ def test_output_shapes_and_dtypes(name, training, dtype):
     out = q(z)
     assert isinstance(out, QuantizerOutput)
     assert out.z_q.shape == (B, N, D) and out.z_q.dtype == dtype
-    assert out.indices.shape == (B, N) and out.indices.dtype == torch.int64
+    assert out.indices.shape == ids_shape(q, B, N) and out.indices.dtype == torch.int64
     assert int(out.indices.min()) >= 0 and int(out.indices.max()) < K
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     for part in out.losses.values():
@@ -106,7 +111,7 @@ def test_encode_changes_neither_state_nor_mode(name, training):
     q = make(name).train(training)
     before = state(q)
     ids = q.encode(latents())
-    assert ids.shape == (B, N) and ids.dtype == torch.int64
+    assert ids.shape == ids_shape(q, B, N) and ids.dtype == torch.int64
     assert q.training is training
     assert all(m.training is training for m in q.modules())
     assert_same_state(before, state(q))
@@ -115,7 +120,7 @@ def test_encode_changes_neither_state_nor_mode(name, training):
 def test_codebook_property(name):
     q = make(name)
     cb = q.codebook
-    assert cb.shape == (K, getattr(q, "code_dim", D))
+    assert cb.shape == ids_shape(q)[::-1] + (K, getattr(q, "code_dim", D))
     assert cb.dtype == torch.float32
     q_small = make(name, code_dim=4) if "code_dim" in _init_params(name) else None
     if q_small is not None:
@@ -235,7 +240,10 @@ def test_decode_rejects_invalid_ids(name):
     with pytest.raises(TypeError):
         q.decode(torch.tensor([0.0, 1.0]))
     # the edge ids are fine, also in narrower integer types
-    assert q.decode(torch.tensor([0, K - 1], dtype=torch.int32)).shape == (2, D)
+    edge = torch.tensor([0, K - 1], dtype=torch.int32)
+    if q.num_stages is not None:
+        edge = edge.unsqueeze(-1).expand(*ids_shape(q, 2))
+    assert q.decode(edge).shape == (2, D)
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -47,7 +47,14 @@ class CodebookUsagePlot(L.Callback):
         if usage is None or usage.last_counts is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        img = usage_plot(usage.last_counts, f"step {trainer.global_step}")
+        counts = usage.last_counts  # (K,), or (S, K): one panel per stage of a residual quantizer
+        if counts.dim() == 1:
+            img = usage_plot(counts, f"step {trainer.global_step}")
+        else:
+            panels = [usage_plot(c, f"step {trainer.global_step} stage {k}", height=140) for k, c in enumerate(counts)]
+            img = Image.new("RGB", (panels[0].width, sum(p.height for p in panels)), "white")
+            for k, panel in enumerate(panels):
+                img.paste(panel, (0, k * panel.height))
         path = self.dirpath / f"usage_step{trainer.global_step:06d}.png"
         img.save(path)
         img.save(self.dirpath / "usage_latest.png")

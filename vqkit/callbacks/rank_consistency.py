@@ -22,7 +22,7 @@ def fingerprint(tensor: Tensor) -> Tensor:
 
 
 class RankConsistencyCheck(L.Callback):
-    """After ``fit``, all-gathers a fingerprint of every parameter and buffer and compares the ranks.
+    """After ``fit``, all-gathers a fingerprint of every parameter and persistent buffer and compares the ranks.
 
     Data-parallel training keeps parameters in sync through gradient all-reduce, but state a module
     changes by itself (codebook k-means init, EMA statistics, dead-code revival) is synced only if
@@ -39,9 +39,15 @@ class RankConsistencyCheck(L.Callback):
 
     @staticmethod
     def fingerprints(module: torch.nn.Module) -> tuple[list[str], Tensor]:
-        """Names of the parameters and buffers compared, and their fingerprints (T, 3) float64."""
+        """Names of the parameters and persistent buffers compared, and their fingerprints (T, 3) float64."""
+        scratch = {  # non-persistent buffers are per-rank working memory by declaration (not checkpointed)
+            f"{prefix}.{name}" if prefix else name
+            for prefix, sub in module.named_modules()
+            for name in sub._non_persistent_buffers_set
+        }
         names, prints = [], []
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        buffers = [(name, b) for name, b in module.named_buffers() if name not in scratch]
+        for name, tensor in [*module.named_parameters(), *buffers]:
             if tensor.is_floating_point() or tensor.dtype in (torch.int64, torch.int32, torch.bool):
                 names.append(name)
                 prints.append(fingerprint(tensor))

@@ -36,7 +36,9 @@ class ReconstructionGrid(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self.images is None and batch_idx == 0 and dataloader_idx == 0:
-            self.images = pl_module._data(batch)[: self.num_images].detach().cpu()
+            data = pl_module._data(batch)
+            if data.dim() == 4:  # images only; other modalities have their own sample callbacks
+                self.images = data[: self.num_images].detach().cpu()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.images is None or trainer.sanity_checking or not trainer.is_global_zero:

@@ -81,8 +81,9 @@ class TokenizerModule(L.LightningModule):
         collection = MetricCollection(dict(metrics or {}))
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
-        self.val_usage = CodebookUsage(quantizer.codebook_size)
-        self.test_usage = CodebookUsage(quantizer.codebook_size)
+        stages = getattr(quantizer, "num_stages", None)  # residual quantizers: usage per stage
+        self.val_usage = CodebookUsage(quantizer.codebook_size, num_stages=stages)
+        self.test_usage = CodebookUsage(quantizer.codebook_size, num_stages=stages)
         self.run_config: dict[str, Any] | None = None
 
     # --- the model --------------------------------------------------------------------
@@ -161,7 +162,9 @@ class TokenizerModule(L.LightningModule):
     def _eval_epoch_end(self, stage: str, metrics: MetricCollection, usage: CodebookUsage) -> None:
         values = metrics.compute()
         values.update({f"{stage}/codebook/{k}": v for k, v in usage.compute().items()})
-        self.log_dict(values, prog_bar=stage == "val")
+        per_stage = {k: v for k, v in values.items() if "/stage" in k}  # residual quantizers: logged, not shown
+        self.log_dict({k: v for k, v in values.items() if k not in per_stage}, prog_bar=stage == "val")
+        self.log_dict(per_stage)
         metrics.reset()
         usage.reset()
 

@@ -15,7 +15,8 @@ class QuantizerOutput:
 
     Attributes:
         z_q: (B, N, D) what the decoder sees (straight-through for hard VQ).
-        indices: (B, N) int64 code ids; -1 where ``mask`` is False.
+        indices: (B, N) int64 code ids; -1 where ``mask`` is False. Multi-stage quantizers
+            (``num_stages`` set, e.g. residual) give one id per stage: (B, N, S).
         loss: scalar, already weighted, to add to the training loss.
         losses: unweighted parts for logging (``commit``, ``codebook``, ...).
         mask: (B, N) bool, the positions that are tokens; None means all.
@@ -35,7 +36,8 @@ class QuantizerOutput:
 class Quantizer(nn.Module, ABC):
     """Abstract base: maps channels-last latents (B, N, D) to codes and back.
 
-    Subclasses set ``dim`` (the latent width they accept) and ``codebook_size``. Soft
+    Subclasses set ``dim`` (the latent width they accept) and ``codebook_size`` (per stage for
+    multi-stage quantizers, which also set ``num_stages``). Soft
     quantizers (``soft = True``) hand the decoder a mix of codes: their ``encode``
     gives the posterior's argmax ids and ``decode`` the hard codes of those ids, so
     ``decode(encode(z))`` is the hard approximation of ``forward(z).z_q``.
@@ -44,6 +46,9 @@ class Quantizer(nn.Module, ABC):
     dim: int
     codebook_size: int
     soft: bool = False
+    # None: one id per token, indices (B, N) and codebook (K, C). An int S (multi-stage, e.g. residual):
+    # S ids per token, indices (B, N, S), codebook (S, K, C), and decode takes ids (..., S).
+    num_stages: int | None = None
 
     @abstractmethod
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:

@@ -15,13 +15,17 @@ from vqkit.tokenizers.artifact import (
     load_tokenizer,
     register_tokenizer,
 )
+from vqkit.tokenizers.audio import AudioTokenizer
 from vqkit.tokenizers.base import PARTS, Tokenizer, tokenizer_from_config
 from vqkit.tokenizers.image import ImageTokenizer, as_image_batch
+from vqkit.tokenizers.text import GQTokenizer
 
 __all__ = [
+    "AudioTokenizer",
     "CONFIG_NAME",
     "FORMAT",
     "FORMAT_VERSION",
+    "GQTokenizer",
     "PARTS",
     "TOKENIZER_CLASSES",
     "WEIGHTS_NAME",
