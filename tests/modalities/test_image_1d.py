@@ -6,7 +6,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from vqkit.modalities.image_1d import SIZES, TransformerImageDecoder, TransformerImageEncoder, resolve_size
+from vqkit.modalities.image_1d import (
+    SIZES,
+    SequenceMixer,
+    TransformerImageDecoder,
+    TransformerImageEncoder,
+    resolve_size,
+    sincos_2d,
+)
 from vqkit.quantizers import list_quantizers
 from vqkit.train import train
 
@@ -32,13 +39,28 @@ TRAIN_OVERRIDES = [
 
 
 def pair(
-    image_size: int | tuple[int, int] = 32, patch_size: int = 8, num_latent_tokens: int = 8, latent_dim: int = 8
+    image_size: int | tuple[int, int] = 32,
+    patch_size: int = 8,
+    num_latent_tokens: int = 8,
+    latent_dim: int = 8,
+    stem: str = "patch",
+    head: str = "linear",
+    patch_pos_init: str = "normal",
+    token_mixer: bool = False,
 ) -> tuple[TransformerImageEncoder, TransformerImageDecoder]:
     torch.manual_seed(0)
     kwargs = dict(
-        latent_dim=latent_dim, image_size=image_size, patch_size=patch_size, num_latent_tokens=num_latent_tokens
+        latent_dim=latent_dim,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_latent_tokens=num_latent_tokens,
+        patch_pos_init=patch_pos_init,
+        token_mixer=token_mixer,
     )
-    return TransformerImageEncoder(**kwargs, **TINY), TransformerImageDecoder(**kwargs, **TINY)
+    return (
+        TransformerImageEncoder(**kwargs, **TINY, stem=stem),
+        TransformerImageDecoder(**kwargs, **TINY, head=head),
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,8 +86,9 @@ def test_token_count_does_not_depend_on_image_size() -> None:
     assert counts == {16: 6, 64: 6}
 
 
-def test_gradients_reach_latent_tokens_and_input_image() -> None:
-    encoder, decoder = pair()
+@pytest.mark.parametrize(("stem", "head", "token_mixer"), [("patch", "linear", False), ("conv", "conv", True)])
+def test_gradients_reach_latent_tokens_and_input_image(stem: str, head: str, token_mixer: bool) -> None:
+    encoder, decoder = pair(stem=stem, head=head, patch_pos_init="sincos", token_mixer=token_mixer)
     images = torch.randn(2, 3, 32, 32, requires_grad=True)
     tokens, hw = encoder(images)
     tokens.retain_grad()
@@ -79,6 +102,80 @@ def test_gradients_reach_latent_tokens_and_input_image() -> None:
         assert grad is not None and grad.abs().sum() > 0, name
     missing = [n for n, p in [*encoder.named_parameters(), *decoder.named_parameters()] if p.grad is None]
     assert not missing, missing
+
+
+@pytest.mark.parametrize(("image_size", "patch_size"), [(32, 8), ((48, 32), 16), (16, 2)])
+def test_conv_stem_and_head_shapes(image_size, patch_size: int) -> None:
+    encoder, decoder = pair(image_size, patch_size, stem="conv", head="conv")
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    assert encoder.patch_embed(torch.randn(2, 3, h, w)).shape == (2, TINY["width"], h // patch_size, w // patch_size)
+    tokens, hw = encoder(torch.randn(2, 3, h, w))
+    assert decoder(tokens, hw).shape == (2, 3, h, w)
+    # the conv head blends neighbouring patches (reach < 2 patches): the first patch's pixels depend on the
+    # features of its neighbour, not on those of a patch 3 rows and columns away
+    features = torch.randn(1, TINY["width"], h // patch_size, w // patch_size, requires_grad=True)
+    decoder.to_pixels(features)[0, :, :patch_size, :patch_size].sum().backward()
+    assert features.grad[0, :, 0, 1].abs().sum() > 0
+    if min(features.shape[-2:]) >= 4:
+        assert features.grad[0, :, 3:, 3:].abs().sum() == 0
+
+
+def test_token_mixer_is_a_direct_path_between_patches_and_latent_tokens() -> None:
+    encoder, decoder = pair(token_mixer=True)
+    assert encoder.token_mixer.weight.shape == (8, 16) and decoder.token_mixer.weight.shape == (16, 8)
+    images = torch.randn(2, 3, 32, 32)
+    # zero attention and MLP outputs: the only path from the image to the tokens is then the mixer
+    for module in (encoder, decoder):
+        for block in module.transformer[:-1]:
+            torch.nn.init.zeros_(block.attn.proj.weight), torch.nn.init.zeros_(block.attn.proj.bias)
+            torch.nn.init.zeros_(block.mlp.fc2.weight), torch.nn.init.zeros_(block.mlp.fc2.bias)
+    tokens, hw = encoder(images)
+    assert not torch.allclose(tokens[0], tokens[1])
+    outputs = decoder(tokens, hw)
+    assert not torch.allclose(outputs[0], outputs[1])
+    torch.nn.init.zeros_(encoder.token_mixer.weight)
+    tokens, _ = encoder(images)
+    assert torch.allclose(tokens[0], tokens[1])  # without the mixer (and attention) the image cannot reach them
+
+
+def test_sequence_mixer_gain_scales_output_not_init() -> None:
+    x = torch.randn(2, 5, 4)
+    torch.manual_seed(0)
+    slow = SequenceMixer(5, 3, gain=1.0)
+    torch.manual_seed(0)
+    fast = SequenceMixer(5, 3, gain=10.0)
+    assert torch.allclose(slow(x), fast(x), atol=1e-6)  # same function at init
+    assert fast(x).shape == (2, 3, 4)
+    assert torch.allclose(fast(x)[:, 1], 10 * (fast.weight[1] @ x + fast.bias[1]), atol=1e-5)
+    with pytest.raises(ValueError, match="token_mixer_gain must be > 0"):
+        SequenceMixer(5, 3, gain=0.0)
+
+
+def test_sincos_positions_are_distinct_and_learned() -> None:
+    table = sincos_2d((3, 4), 16)
+    assert table.shape == (1, 12, 16)
+    assert torch.allclose(table[0, 0], torch.tensor([0.0, 1.0] * 4).repeat_interleave(torch.tensor([4, 4] * 4))[:16])
+    assert torch.cdist(table[0], table[0]).add(torch.eye(12) * 10).min() > 0.1  # every position differs
+    assert torch.equal(table[0, 5, 8:], table[0, 1, 8:])  # row 1, col 1 shares the column half with row 0, col 1
+    encoder, decoder = pair(patch_pos_init="sincos")
+    for module in (encoder, decoder):
+        assert module.patch_pos_embed.requires_grad
+        assert torch.equal(module.patch_pos_embed.detach(), sincos_2d(module.grid_size, module.width))
+    with pytest.raises(ValueError, match="width divisible by 4"):
+        sincos_2d((2, 2), 6)
+
+
+def test_bad_stem_head_and_init_options_are_reported() -> None:
+    with pytest.raises(ValueError, match="stem must be 'patch' or 'conv'"):
+        TransformerImageEncoder(image_size=32, patch_size=8, stem="mlp", **TINY)
+    with pytest.raises(ValueError, match="head must be 'linear' or 'conv'"):
+        TransformerImageDecoder(image_size=32, patch_size=8, head="deconv", **TINY)
+    with pytest.raises(ValueError, match="patch_pos_init must be 'normal' or 'sincos'"):
+        TransformerImageDecoder(image_size=32, patch_size=8, patch_pos_init="zeros", **TINY)
+    with pytest.raises(ValueError, match="stem='conv' needs a patch_size that is a power of two"):
+        TransformerImageEncoder(image_size=36, patch_size=6, stem="conv", **TINY)
+    with pytest.raises(ValueError, match="head='conv' needs a patch_size that is a power of two"):
+        TransformerImageDecoder(image_size=36, patch_size=6, head="conv", **TINY)
 
 
 def test_image_size_not_divisible_by_patch_size_is_reported() -> None:

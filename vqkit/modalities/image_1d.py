@@ -11,10 +11,33 @@ Sizes: ``size`` picks a preset of :data:`SIZES` (width / depth / heads); ``width
 ``depth`` and ``num_heads`` given explicitly win over the preset. The positional
 embeddings are learned for one ``image_size``; other input sizes are rejected (no
 interpolation). Images are expected in [-1, 1].
+
+Options for small data / CPU runs (the defaults are the paper's plain ViT):
+
+- ``patch_pos_init="sincos"`` starts the patch positional embeddings (still learned) from a
+  2-D sine-cosine table instead of N(0, 0.02). The decoder's mask tokens differ only by their
+  positional embedding, so with tiny random embeddings every patch position first reads the
+  same mixture of latent tokens and the output stays at the mean colour for hundreds of steps;
+  distinct positions from step 0 shorten that phase.
+- ``stem="conv"`` (encoder) replaces the p x p patch projection by log2(p) stride-2 3x3
+  convolutions (Xiao et al., "Early convolutions help transformers see better", 2021).
+- ``head="conv"`` (decoder) replaces the per-patch linear output by log2(p) stages of
+  3x3 convolution + pixel shuffle (x2) and a 3x3 output convolution, so neighbouring patches
+  are blended instead of drawn as independent p x p tiles.
+- ``token_mixer=True`` adds a learned linear map along the sequence axis (:class:`SequenceMixer`):
+  in the encoder each latent token also receives a weighted sum of all patch features
+  (P -> L), in the decoder each patch position a weighted sum of all latent tokens (L -> P),
+  before the transformer (MLP-Mixer-style token mixing, Tolstikhin et al., 2021). Attention
+  still does the rest of the routing; the mixer is a direct path. Its output is multiplied by
+  ``token_mixer_gain`` with the weights initialised that much smaller, so under Adam the mixer
+  moves ``gain`` times faster than the transformer (whose learning rate cannot be raised
+  that far without diverging) - on CPU budgets of a few hundred steps, this path is what
+  gets the reconstructions past the image's mean colour.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -71,6 +94,88 @@ def _image_hw(image_size: int | Sequence[int], patch_size: int) -> tuple[int, in
     return hw
 
 
+def sincos_2d(grid_size: tuple[int, int], width: int) -> Tensor:
+    """Fixed 2-D sine-cosine positional table (1, gh * gw, width), rows first (as MAE).
+
+    Half of the channels encode the row, half the column; each half is sin and cos of the
+    position times frequencies 1 / 10000^(k / (width / 4)). ``width`` must be divisible by 4.
+    """
+    if width % 4:
+        raise ValueError(f"sincos positional embeddings need a width divisible by 4, got {width}")
+    gh, gw = grid_size
+    freqs = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))  # (width/4,)
+    rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
+                                indexing="ij")
+    parts = []
+    for pos in (rows.reshape(-1), cols.reshape(-1)):
+        angles = pos[:, None] * freqs[None]  # (gh * gw, width/4)
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float().unsqueeze(0)  # (1, gh * gw, width)
+
+
+def _stages(patch_size: int, option: str) -> int:
+    """Number of x2 stages of a conv stem/head for ``patch_size`` (a power of two)."""
+    stages = int(round(math.log2(patch_size))) if patch_size > 0 else 0
+    if patch_size < 2 or 2**stages != patch_size:
+        raise ValueError(f"{option}='conv' needs a patch_size that is a power of two >= 2, got {patch_size}")
+    return stages
+
+
+def conv_stem(in_channels: int, width: int, patch_size: int) -> nn.Sequential:
+    """(B, C, H, W) -> (B, width, H/p, W/p): log2(p) stride-2 3x3 convs with GELU, then a 1x1 conv.
+
+    Channels double towards ``width``: e.g. p=8, width=128 gives 32 -> 64 -> 128.
+    """
+    stages = _stages(patch_size, "stem")
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for i in range(stages):
+        out = max(width >> (stages - 1 - i), 8)
+        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GELU()]
+        channels = out
+    layers.append(nn.Conv2d(channels, width, 1))
+    return nn.Sequential(*layers)
+
+
+def conv_head(width: int, out_channels: int, patch_size: int) -> nn.Sequential:
+    """(B, width, H/p, W/p) -> (B, C, H, W): log2(p) stages of 3x3 conv + pixel shuffle (x2) + GELU,
+    then a 3x3 output conv. Channels halve per stage (not below 16): e.g. p=8, width=128 gives 64 -> 32 -> 16.
+    """
+    stages = _stages(patch_size, "head")
+    layers: list[nn.Module] = []
+    channels = width
+    for _ in range(stages):
+        out = max(channels // 2, 16)
+        layers += [nn.Conv2d(channels, out * 4, 3, padding=1), nn.PixelShuffle(2), nn.GELU()]
+        channels = out
+    layers.append(nn.Conv2d(channels, out_channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+class SequenceMixer(nn.Module):
+    """A learned linear map along the sequence axis: (B, N_in, width) -> (B, N_out, width).
+
+    ``y[:, o] = gain * (sum_i W[o, i] x[:, i] + b[o])``, with W drawn from N(0, 0.02 / gain) and b = 0, so the
+    output starts like an N(0, 0.02) layer but Adam steps (about ``lr`` per weight) move it ``gain`` times faster.
+    """
+
+    def __init__(self, in_tokens: int, out_tokens: int, gain: float = 1.0) -> None:
+        super().__init__()
+        if gain <= 0:
+            raise ValueError(f"token_mixer_gain must be > 0, got {gain}")
+        self.gain = float(gain)
+        self.weight = nn.Parameter(torch.empty(out_tokens, in_tokens))
+        self.bias = nn.Parameter(torch.zeros(out_tokens))
+        trunc_normal_(self.weight, std=0.02 / self.gain)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.einsum("oi,biw->bow", self.weight.to(x.dtype), x) + self.bias.to(x.dtype)[:, None]
+        return y * self.gain
+
+    def extra_repr(self) -> str:
+        return f"in_tokens={self.weight.shape[1]}, out_tokens={self.weight.shape[0]}, gain={self.gain}"
+
+
 def _vit(width: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float) -> nn.Sequential:
     """Pre-norm ViT blocks (drop path rising linearly to ``drop_path_rate``) and a final LayerNorm."""
     rates = torch.linspace(0, drop_path_rate, depth).tolist()
@@ -93,8 +198,12 @@ class _LatentTokenTransformer(nn.Module):
         num_heads: int | None,
         mlp_ratio: float,
         drop_path_rate: float,
+        patch_pos_init: str,
     ) -> None:
         super().__init__()
+        if patch_pos_init not in ("normal", "sincos"):
+            raise ValueError(f"patch_pos_init must be 'normal' or 'sincos', got {patch_pos_init!r}")
+        self.patch_pos_init = patch_pos_init
         self.width, self.depth, self.num_heads = resolve_size(size, width, depth, num_heads)
         self.image_size = _image_hw(image_size, patch_size)
         self.patch_size = patch_size
@@ -105,6 +214,16 @@ class _LatentTokenTransformer(nn.Module):
         self.patch_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, self.width))
         self.latent_pos_embed = nn.Parameter(torch.zeros(1, num_latent_tokens, self.width))
         self.transformer = _vit(self.width, self.depth, self.num_heads, mlp_ratio, drop_path_rate)
+
+    def _init_embeddings(self, *normal: nn.Parameter) -> None:
+        """N(0, 0.02) for ``normal`` and the patch positional embeddings, unless those start from sincos."""
+        for p in normal:
+            trunc_normal_(p, std=0.02)
+        if self.patch_pos_init == "sincos":
+            with torch.no_grad():
+                self.patch_pos_embed.copy_(sincos_2d(self.grid_size, self.width))
+        else:
+            trunc_normal_(self.patch_pos_embed, std=0.02)
 
 
 class TransformerImageEncoder(_LatentTokenTransformer):
@@ -122,6 +241,10 @@ class TransformerImageEncoder(_LatentTokenTransformer):
         mlp_ratio: MLP hidden width over ``width``.
         drop_path_rate: stochastic depth of the last block (0 = off).
         in_channels: image channels.
+        stem: ``"patch"`` (one p x p stride-p convolution, the paper's) or ``"conv"`` (:func:`conv_stem`).
+        patch_pos_init: ``"normal"`` (N(0, 0.02)) or ``"sincos"`` (:func:`sincos_2d`, still learned).
+        token_mixer: add a :class:`SequenceMixer` (P -> L) of the patch features to the latent tokens.
+        token_mixer_gain: its output gain (its effective learning-rate multiplier).
     """
 
     def __init__(
@@ -137,17 +260,27 @@ class TransformerImageEncoder(_LatentTokenTransformer):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         in_channels: int = 3,
+        stem: str = "patch",
+        patch_pos_init: str = "normal",
+        token_mixer: bool = False,
+        token_mixer_gain: float = 10.0,
     ) -> None:
         super().__init__(latent_dim, image_size, patch_size, num_latent_tokens, size, width, depth, num_heads,
-                         mlp_ratio, drop_path_rate)
+                         mlp_ratio, drop_path_rate, patch_pos_init)
+        if stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.in_channels = in_channels
-        self.patch_embed = nn.Conv2d(in_channels, self.width, patch_size, stride=patch_size)
+        self.stem = stem
+        if stem == "conv":
+            self.patch_embed = conv_stem(in_channels, self.width, patch_size)
+        else:
+            self.patch_embed = nn.Conv2d(in_channels, self.width, patch_size, stride=patch_size)
         self.latent_tokens = nn.Parameter(torch.zeros(1, num_latent_tokens, self.width))
+        self.token_mixer = SequenceMixer(self.num_patches, num_latent_tokens, token_mixer_gain) if token_mixer else None
         self.proj = nn.Linear(self.width, latent_dim)
 
         self.apply(init_weights_vit_timm)
-        for p in (self.patch_pos_embed, self.latent_tokens, self.latent_pos_embed):
-            trunc_normal_(p, std=0.02)
+        self._init_embeddings(self.latent_tokens, self.latent_pos_embed)
 
     def forward(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Returns tokens (B, num_latent_tokens, latent_dim) and the image size (H, W) the decoder needs."""
@@ -164,6 +297,8 @@ class TransformerImageEncoder(_LatentTokenTransformer):
         patches = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, width), P = H/p * W/p
         patches = patches + self.patch_pos_embed
         latents = (self.latent_tokens + self.latent_pos_embed).expand(b, -1, -1)  # (B, L, width)
+        if self.token_mixer is not None:
+            latents = latents + self.token_mixer(patches)  # (B, L, width)
         x = self.transformer(torch.cat([patches, latents], dim=1))  # (B, P + L, width)
         return self.proj(x[:, self.num_patches :]), hw  # (B, L, latent_dim)
 
@@ -183,6 +318,10 @@ class TransformerImageDecoder(_LatentTokenTransformer):
         mlp_ratio: MLP hidden width over ``width``.
         drop_path_rate: stochastic depth of the last block (0 = off).
         out_channels: image channels.
+        head: ``"linear"`` (a p*p*C linear map per patch, the paper's) or ``"conv"`` (:func:`conv_head`).
+        patch_pos_init: ``"normal"`` (N(0, 0.02)) or ``"sincos"`` (:func:`sincos_2d`, still learned).
+        token_mixer: add a :class:`SequenceMixer` (L -> P) of the latent tokens to the mask tokens.
+        token_mixer_gain: its output gain (its effective learning-rate multiplier).
     """
 
     def __init__(
@@ -198,17 +337,27 @@ class TransformerImageDecoder(_LatentTokenTransformer):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         out_channels: int = 3,
+        head: str = "linear",
+        patch_pos_init: str = "normal",
+        token_mixer: bool = False,
+        token_mixer_gain: float = 10.0,
     ) -> None:
         super().__init__(latent_dim, image_size, patch_size, num_latent_tokens, size, width, depth, num_heads,
-                         mlp_ratio, drop_path_rate)
+                         mlp_ratio, drop_path_rate, patch_pos_init)
+        if head not in ("linear", "conv"):
+            raise ValueError(f"head must be 'linear' or 'conv', got {head!r}")
         self.out_channels = out_channels
+        self.head = head
         self.embed = nn.Linear(latent_dim, self.width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.width))
-        self.to_pixels = nn.Linear(self.width, patch_size * patch_size * out_channels)
+        self.token_mixer = SequenceMixer(num_latent_tokens, self.num_patches, token_mixer_gain) if token_mixer else None
+        if head == "conv":
+            self.to_pixels = conv_head(self.width, out_channels, patch_size)
+        else:
+            self.to_pixels = nn.Linear(self.width, patch_size * patch_size * out_channels)
 
         self.apply(init_weights_vit_timm)
-        for p in (self.latent_pos_embed, self.mask_token, self.patch_pos_embed):
-            trunc_normal_(p, std=0.02)
+        self._init_embeddings(self.latent_pos_embed, self.mask_token)
 
     def forward(self, tokens: Tensor, image_size: tuple[int, int]) -> Tensor:
         """Tokens (B, L, latent_dim) and the encoder's (H, W) -> images (B, C, H, W)."""
@@ -225,8 +374,13 @@ class TransformerImageDecoder(_LatentTokenTransformer):
             )
         masks = (self.mask_token + self.patch_pos_embed).expand(b, -1, -1)  # (B, P, width)
         latents = self.embed(tokens) + self.latent_pos_embed  # (B, L, width)
+        if self.token_mixer is not None:
+            masks = masks + self.token_mixer(latents)  # (B, P, width)
         x = self.transformer(torch.cat([masks, latents], dim=1))  # (B, P + L, width)
-        x = self.to_pixels(x[:, : self.num_patches])  # (B, P, p*p*C)
+        x = x[:, : self.num_patches]  # (B, P, width)
         (gh, gw), p = self.grid_size, self.patch_size
+        if self.head == "conv":
+            return self.to_pixels(x.transpose(1, 2).reshape(b, self.width, gh, gw))  # (B, C, H, W)
+        x = self.to_pixels(x)  # (B, P, p*p*C)
         x = x.reshape(b, gh, gw, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, p, gw, p)
         return x.reshape(b, self.out_channels, gh * p, gw * p)

@@ -1,0 +1,60 @@
+"""Smoke test of benchmarks/softvq_tokens.py: a 2-run grid of a tiny model, a few steps each (rFID skipped)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+from types import ModuleType
+
+from omegaconf import OmegaConf
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "softvq_tokens.py"
+TINY = [
+    "model.encoder.width=32",
+    "model.encoder.depth=1",
+    "model.encoder.num_heads=2",
+    "data.train_samples=32",
+    "trainer.enable_model_summary=false",
+    "trainer.accelerator=cpu",
+]
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("softvq_tokens", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overrides_follow_the_cpu_recipe() -> None:
+    bench = _load_script()
+    recipe = OmegaConf.load(bench.RECIPE)
+    softvq, steps, codebook_size = bench.recipe_overrides("softvq")
+    vq, _, _ = bench.recipe_overrides("vq")
+    assert steps == recipe.trainer.max_steps and codebook_size == recipe.quantizer.codebook_size
+    assert f"model.encoder.patch_size={recipe.model.encoder.patch_size}" in vq
+    assert f"model.optimizer.lr={recipe.model.optimizer.lr}" in vq
+    assert not any(o.startswith(("model.disc", "model.perceptual", "quantizer.")) for o in vq)
+    assert f"quantizer.num_codebooks={recipe.quantizer.num_codebooks}" in softvq
+
+
+def test_tiny_grid_writes_finite_metrics(tmp_path: Path) -> None:
+    bench = _load_script()
+    argv = ["--quantizers", "softvq", "vq", "--tokens", "8", "--steps", "2", "--val-samples", "8", "--no-fid"]
+    bench.main([*argv, "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "runs"), "--override", *TINY])
+
+    with (tmp_path / "softvq_tokens.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == bench.COLUMNS
+        rows = list(reader)
+    assert [(r["quantizer"], r["tokens"], r["steps"]) for r in rows] == [("softvq", "8", "2"), ("vq", "8", "2")]
+    for row in rows:
+        for column in ("train_s", "psnr", "ssim", "lpips", "usage", "perplexity"):
+            assert math.isfinite(float(row[column])), (column, row)
+        assert math.isnan(float(row["rfid"]))  # --no-fid: not measured
+        assert 0 < float(row["usage"]) <= 1 and float(row["psnr"]) > 0
+    table = (tmp_path / "softvq_tokens.md").read_text()
+    assert "| softvq | 8 | 2 |" in table and "--steps 2" in table and "| - |" in table
