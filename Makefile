@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet vector-quantize-pytorch
+	$(PY) -m pip install --quiet vector-quantize-pytorch==1.32.0
 	$(PY) benchmarks/quantizer_speed.py
 
 lint: $(STAMP)
