@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from vqkit.lit.run_config import RunConfigMixin, batch_data
 from vqkit.metrics.codebook import CodebookUsage
 from vqkit.modalities.text_gq import GatedTextAutoencoder, GQOutput
 from vqkit.quantizers.base import Quantizer
@@ -20,7 +20,7 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 SPLIT_SUMS = ("bytes", "tokens", "tokens_correct", "segment_bytes_correct")
 
 
-class GQModule(L.LightningModule):
+class GQModule(RunConfigMixin, L.LightningModule):
     """Encoder -> quantizer (every byte) -> gate -> segment decoder, trained with the GQ-VAE losses.
 
     Logs ``train/loss`` and its parts, and on the validation/test splits (aggregated over the split):
@@ -62,32 +62,15 @@ class GQModule(L.LightningModule):
         self.val_usage = CodebookUsage(quantizer.codebook_size)
         self.test_usage = CodebookUsage(quantizer.codebook_size)
         self.split_sums: dict[str, dict[str, Tensor]] = {}
-        self.run_config: dict[str, Any] | None = None
 
     @property
     def quantizer(self) -> Quantizer:
         return self.model.quantizer
 
     # --- config in checkpoints (as TokenizerModule) ------------------------------------------
-    def attach_config(self, config: dict[str, Any]) -> None:
-        """Keep the resolved run config; it is written into every checkpoint."""
-        self.run_config = copy.deepcopy(config)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["vqkit_config"] = self.run_config
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.run_config = checkpoint.get("vqkit_config", self.run_config)
-
-    # --- steps ---------------------------------------------------------------------------------
     def _data(self, batch: Any) -> Tensor:
         """The byte rows (B, T) of a batch (the same hook as TokenizerModule._data, used by sample callbacks)."""
-        if isinstance(batch, Mapping):
-            if self.data_key not in batch:
-                raise KeyError(f"batch has no {self.data_key!r} entry (keys: {sorted(batch)}); set model.data_key")
-            return batch[self.data_key]
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
+        return batch_data(batch, self.data_key)
 
     def forward(self, byte_ids: Tensor) -> GQOutput:
         return self.model(byte_ids)

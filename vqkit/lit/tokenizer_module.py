@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -12,6 +11,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
 
+from vqkit.lit.run_config import RunConfigMixin, batch_data
 from vqkit.metrics.codebook import CodebookUsage
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
 
@@ -19,7 +19,7 @@ OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
-class TokenizerModule(L.LightningModule):
+class TokenizerModule(RunConfigMixin, L.LightningModule):
     """Trains any encoder/decoder pair of a modality with any quantizer.
 
     The encoder maps normalized data to tokens ``(B, N, D)`` plus whatever shape
@@ -84,26 +84,10 @@ class TokenizerModule(L.LightningModule):
         stages = getattr(quantizer, "num_stages", None)  # residual quantizers: usage per stage
         self.val_usage = CodebookUsage(quantizer.codebook_size, num_stages=stages)
         self.test_usage = CodebookUsage(quantizer.codebook_size, num_stages=stages)
-        self.run_config: dict[str, Any] | None = None
 
     # --- the model --------------------------------------------------------------------
-    def attach_config(self, config: dict[str, Any]) -> None:
-        """Keep the resolved run config; it is written into every checkpoint."""
-        self.run_config = copy.deepcopy(config)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["vqkit_config"] = self.run_config
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.run_config = checkpoint.get("vqkit_config", self.run_config)
-
     def _data(self, batch: Any) -> Tensor:
-        if isinstance(batch, Mapping):
-            if self.data_key not in batch:
-                raise KeyError(f"batch has no {self.data_key!r} entry (keys: {sorted(batch)}); set model.data_key")
-            return batch[self.data_key]
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
+        return batch_data(batch, self.data_key)
 
     def normalize(self, x: Tensor) -> Tensor:
         return (x - self.data_mean) / self.data_std

@@ -73,6 +73,14 @@ class Quantizer(nn.Module, ABC):
     def codebook(self) -> Tensor:
         """(K, D_code) the codebook the search runs against, after any projector."""
 
+    def check_finite_input(self, z: Tensor) -> None:
+        """Raise if ``z`` holds NaN/Inf (backends call it when their ``check_finite`` option is on)."""
+        if not torch.isfinite(z).all():
+            raise FloatingPointError(
+                f"{type(self).__name__} received NaN/Inf latents {tuple(z.shape)}: the encoder diverged "
+                "or the input holds NaNs. Check the data, lower the learning rate or enable gradient clipping."
+            )
+
     def check_input(self, z: Tensor, mask: Tensor | None) -> None:
         """Raise a clear error for inputs every backend rejects."""
         if not isinstance(z, Tensor):

@@ -124,11 +124,8 @@ class GeneratedCodebookQuantizer(Quantizer):
 
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         self.check_input(z, mask)
-        if self.check_finite and not torch.isfinite(z).all():
-            raise FloatingPointError(
-                f"{type(self).__name__} received NaN/Inf latents {tuple(z.shape)}: the encoder diverged "
-                "or the input holds NaNs. Check the data, lower the learning rate or enable gradient clipping."
-            )
+        if self.check_finite:
+            self.check_finite_input(z)
         in_dtype = z.dtype
         with torch.autocast(device_type=z.device.type, enabled=False):
             z_flat = z.float()[mask] if mask is not None else z.float().reshape(-1, self.dim)  # (M, D)

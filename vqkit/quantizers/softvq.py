@@ -93,11 +93,8 @@ class SoftVectorQuantizer(Quantizer):
                 f"softvq with num_codebooks={self.num_codebooks} needs a sequence length divisible by it, got {n} "
                 "tokens; change the number of latent tokens or quantizer.num_codebooks."
             )
-        if self.check_finite and not torch.isfinite(z).all():
-            raise FloatingPointError(
-                f"softvq received NaN/Inf latents {tuple(z.shape)}: the encoder diverged or the input holds NaNs. "
-                "Check the data, lower the learning rate or enable gradient clipping."
-            )
+        if self.check_finite:
+            self.check_finite_input(z)
         in_dtype = z.dtype
         blocks, per_block = self.num_codebooks, n // self.num_codebooks
         with torch.autocast(device_type=z.device.type, enabled=False):

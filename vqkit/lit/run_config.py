@@ -1,0 +1,38 @@
+"""What every vqkit Lightning module shares: the run config inside checkpoints, and the data entry of a batch."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+
+def batch_data(batch: Any, key: str) -> Tensor:
+    """The data tensor of a batch: ``batch[key]`` for mappings, the first item of tuples/lists, else the batch."""
+    if isinstance(batch, Mapping):
+        if key not in batch:
+            raise KeyError(f"batch has no {key!r} entry (keys: {sorted(batch)}); set model.data_key")
+        return batch[key]
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class RunConfigMixin:
+    """Keeps the resolved run config and writes it into every checkpoint as ``vqkit_config``.
+
+    ``vqkit.eval`` and ``vqkit.export`` rebuild the model from it; mix in before ``LightningModule``.
+    """
+
+    run_config: dict[str, Any] | None = None
+
+    def attach_config(self, config: dict[str, Any]) -> None:
+        """Keep the resolved run config; it is written into every checkpoint."""
+        self.run_config = copy.deepcopy(config)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["vqkit_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.run_config = checkpoint.get("vqkit_config", self.run_config)
