@@ -45,15 +45,15 @@ import json
 import math
 import os
 import re
-import resource
 import shlex
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capped_cell import run_capped  # noqa: E402  (a sibling script module)
 
 SCRIPT = Path(__file__).resolve()
 RESULT_TAG = "CODEBOOK_UTILIZATION_RESULT "
@@ -248,30 +248,7 @@ def _child_main(spec_json: str) -> None:
 # --- parent -------------------------------------------------------------------------------------------
 def _run_child(spec: dict[str, Any], mem_cap_gib: float, timeout: float) -> dict[str, Any]:
     """Run ``spec`` in a child capped to ``mem_cap_gib`` of address space; the result always has a status."""
-    cap = int(mem_cap_gib * GIB)
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-    oom = f"out of memory (> {mem_cap_gib:g} GiB cap)"
-    try:
-        proc = subprocess.run([sys.executable, str(SCRIPT), "--child", json.dumps(spec)], capture_output=True,
-                              text=True, timeout=timeout, preexec_fn=limit)
-    except subprocess.TimeoutExpired:
-        return {"status": f"too slow (timeout > {timeout:g} s)"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_TAG):
-            result = json.loads(line.removeprefix(RESULT_TAG))
-            if result["status"] == "oom":
-                result["status"] = oom
-            return result
-    stderr = proc.stderr.strip()
-    if re.search(r"bad_alloc|can't allocate memory|Cannot allocate memory|MemoryError", stderr):
-        return {"status": oom}
-    if proc.returncode < 0:
-        return {"status": f"killed by {signal.Signals(-proc.returncode).name}"}
-    last = stderr.splitlines()[-1] if stderr else "no output"
-    return {"status": f"error (exit {proc.returncode}): {last}"}
+    return run_capped(SCRIPT, spec, mem_cap_gib, timeout, RESULT_TAG, f"too slow (timeout > {timeout:g} s)")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -1,0 +1,54 @@
+"""Run one benchmark cell in a child process capped in memory and time, and read back its JSON result.
+
+Shared by benchmarks/quantizer_speed.py and benchmarks/codebook_utilization.py: the child prints one line
+``<result_tag><json>``; a cell that runs out of memory, times out, is killed or fails gets a ``status``
+saying so instead of numbers, so a table records missing cells rather than hiding them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+GIB = 1024**3
+_OOM_PATTERN = r"bad_alloc|can't allocate memory|Cannot allocate memory|MemoryError"
+
+
+def run_capped(
+    script: Path, spec: dict[str, Any], mem_cap_gib: float, timeout: float, result_tag: str, timeout_status: str
+) -> dict[str, Any]:
+    """Run ``script --child <spec json>`` with RLIMIT_AS = ``mem_cap_gib``; the result always has a ``status``.
+
+    Args:
+        timeout_status: the status of a cell that exceeds ``timeout`` seconds.
+    """
+    cap = int(mem_cap_gib * GIB)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    oom = f"out of memory (> {mem_cap_gib:g} GiB cap)"
+    try:
+        proc = subprocess.run([sys.executable, str(script), "--child", json.dumps(spec)], capture_output=True,
+                              text=True, timeout=timeout, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        return {"status": timeout_status}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(result_tag):
+            result = json.loads(line.removeprefix(result_tag))
+            if result["status"] == "oom":
+                result["status"] = oom
+            return result
+    stderr = proc.stderr.strip()
+    if re.search(_OOM_PATTERN, stderr):
+        return {"status": oom}
+    if proc.returncode < 0:
+        return {"status": f"killed by {signal.Signals(-proc.returncode).name}"}
+    last = stderr.splitlines()[-1] if stderr else "no output"
+    return {"status": f"error (exit {proc.returncode}): {last}"}
