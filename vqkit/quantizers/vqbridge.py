@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from vqkit.quantizers.generated_codebook import GeneratedCodebookQuantizer, fp32_call
@@ -159,6 +158,8 @@ class ViTBridge(nn.Module):
         tokens = (grid[0] // patch) * (grid[1] // patch)
         self.compress = nn.Conv2d(in_dim, width, kernel_size=patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.randn(1, tokens, width) * 0.02) if pos_embed else None
+        from timm.models.vision_transformer import Block  # here: keeps timm (~2 s) out of `import vqkit`
+
         self.blocks = nn.Sequential(*[Block(width, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         self.recover = nn.Linear(width, patch * patch * out_dim)
