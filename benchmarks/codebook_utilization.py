@@ -14,20 +14,31 @@ feature vectors and measured on held-out vectors of the same distribution:
   training vectors, Adam ``--lr`` on every trainable parameter, loss = the quantizer's loss +
   ||decoder(z_q) - x||^2;
 * held-out metrics: codes used (usage = used / K), perplexity of the code histogram, dead codes
-  (K - used), feature reconstruction MSE ||x - decoder(decode(encode(encoder(x))))||^2 per element
-  (soft quantizers: the hard code of the argmax); training time per step (mean over the steps after
-  the first two), one-off set-up time (building the quantizer incl. k-means codebooks), peak RSS.
+  (K - used), feature reconstruction MSE ||x - decoder(decode(id))||^2 per element (soft quantizers:
+  the hard code of the argmax); training time per step (mean over the steps after the first two),
+  one-off set-up time (building the quantizer incl. its k-means codebook), peak RSS. The held-out ids
+  are the exact nearest codes found by a k-d tree (scipy) over the quantizer's final codebook: the
+  default 4.2 M held-out vectors would take hours through tiled matmul search on 2 cores. Column
+  ``tree = own search`` is the fraction of the first 16,384 held-out vectors for which the tree's code
+  is as near (within float rounding) as the code of the quantizer's own ``encode``; ids themselves can
+  differ between duplicate codes.
 
-Backends: vqkit ``vq`` (k-means init), ``vq`` with dead-code revival, ``ema_vq`` (k-means init),
-``softvq``, ``vqgan_lc`` (frozen codebook = mini-batch k-means of the training pool, as
-``python -m vqkit.codebook`` builds it, + Linear projector with the paper's N(0, D^-1/2) init;
-``vqgan_lc_identity``: the same with the projector starting at the identity, opt-in with
-``--backends``), ``vqbridge`` (ViT bridge, automatic
-patch size), and vector-quantize-pytorch's ``VectorQuantize(kmeans_init=True,
-threshold_ema_dead_code=2)`` as the external reference (imported only here; ``make bench`` installs it).
+Backends: vqkit ``vq`` (k-means init on its first batch), ``vq`` with dead-code revival, ``ema_vq``
+(k-means init), ``softvq``, ``vqgan_lc`` (frozen codebook = mini-batch k-means of the training pool,
+as ``python -m vqkit.codebook`` builds it; the codes live in the latents' own space, so the Linear
+projector starts at the identity), ``vqbridge`` (the paper's set-up: random raw codebook, ViT bridge
+with zero-init output, no residual, automatic patch size), ``vqbridge_kmeans`` (the same bridge with
+``residual=True`` and the raw codebook started from the k-means file), and vector-quantize-pytorch's
+``VectorQuantize(kmeans_init=True, threshold_ema_dead_code=2)`` as the external reference (imported
+only here; ``make bench`` installs it). Diagnostics, opt-in with ``--backends``:
+``vqgan_lc_paper_init`` (projector with the paper's N(0, D^-1/2) init: a random rotation of the
+codebook that 100 steps cannot undo) and ``vq_kmeans_file`` (plain ``vq`` started from the same
+k-means file: the control showing how much of the large-K usage within this short budget comes from
+the codebook's start rather than from the method).
 
 Usage over N held-out vectors cannot exceed min(1, N / K); with codes hit at random it is about
-1 - exp(-N / K), so ``--heldout`` should be several times the largest K.
+1 - exp(-N / K), so ``--heldout`` should be many times the largest K (the default gives 16 per code at
+K = 262,144).
 
 Every cell runs in its own subprocess with an address-space cap and a timeout; out-of-memory,
 killed and timed-out cells are written to the CSV with their status, never dropped. Outputs
@@ -61,13 +72,16 @@ THREADS = 2  # default of --threads
 GIB = 1 << 30
 REFERENCE = "vqp.VectorQuantize"
 REFERENCE_PACKAGE = "vector-quantize-pytorch"
-BACKENDS = ("vq", "vq_revival", "ema_vq", "softvq", "vqgan_lc", "vqbridge", REFERENCE, "vqgan_lc_identity")
+BACKENDS = ("vq", "vq_revival", "ema_vq", "softvq", "vqgan_lc", "vqbridge", "vqbridge_kmeans", REFERENCE)
+DIAGNOSTIC_BACKENDS = ("vqgan_lc_paper_init", "vq_kmeans_file")  # opt-in with --backends
 COLUMNS = (
     "backend", "K", "D", "status", "usage", "usage_bound_random", "perplexity", "dead_codes", "mse", "step_s",
-    "setup_s", "eval_s", "peak_rss_mib", "steps", "batch", "heldout",
+    "setup_s", "eval_s", "peak_rss_mib", "ids_match", "steps", "batch", "heldout",
 )
 CROP_SIZE = 64
 STAGE_BLOCKS = 3  # EfficientNet-Lite0 blocks[:3]: stride 8, 40 channels
+KMEANS_ITERS, KMEANS_BATCH = 20, 8192  # mini-batch k-means of the vqgan_lc / k-means-started codebooks
+CHECK_ROWS = 16384  # held-out vectors on which the k-d tree's ids are compared with the quantizer's own
 
 
 # --- features (child) -----------------------------------------------------------------------------
@@ -127,7 +141,29 @@ def _child_features(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- one cell (child) -------------------------------------------------------------------------------
-def _build(backend: str, k: int, d: int, train: Any, seed: int) -> Any:
+def _kmeans_codebook(train: Any, k: int, seed: int, cache_dir: Path) -> tuple[Path, float]:
+    """K mini-batch k-means centres of the training pool as a codebook file (what ``python -m vqkit.codebook``
+    writes), built once per (pool, K, seed) and shared by the backends that start from it; returns the
+    file and the seconds its k-means took (stored in the file, so a cached file reports the same figure)."""
+    import torch
+
+    from vqkit.codebook import minibatch_kmeans
+    from vqkit.quantizers.codebook_file import load_codebook, save_codebook
+
+    path = cache_dir / f"kmeans_{train.shape[0]}x{train.shape[1]}_K{k}_s{seed}.safetensors"
+    if not path.is_file():
+        t0 = time.perf_counter()
+        centres, _ = minibatch_kmeans(train, k, iters=KMEANS_ITERS, batch_size=KMEANS_BATCH,
+                                      generator=torch.Generator().manual_seed(seed), assign_all=False)
+        seconds = time.perf_counter() - t0
+        tmp = path.with_suffix(".tmp")
+        save_codebook(tmp, centres, {"source": "benchmark k-means", "kmeans_s": f"{seconds:.3f}"})
+        os.replace(tmp, path)
+    return path, float(load_codebook(path)[1]["kmeans_s"])
+
+
+def _build(backend: str, k: int, d: int, train: Any, seed: int, cache_dir: Path) -> tuple[Any, float]:
+    """The quantizer of one cell and the seconds of its shared k-means codebook (0 if it uses none)."""
     import torch
 
     torch.manual_seed(seed)
@@ -135,32 +171,57 @@ def _build(backend: str, k: int, d: int, train: Any, seed: int) -> Any:
         from vector_quantize_pytorch import VectorQuantize
 
         return VectorQuantize(dim=d, codebook_size=k, kmeans_init=True, threshold_ema_dead_code=2,
-                              commitment_weight=0.25)
+                              commitment_weight=0.25), 0.0
     from vqkit.quantizers import build_quantizer
 
     if backend == "vq":
-        return build_quantizer("vq", dim=d, codebook_size=k, kmeans_init=True)
+        return build_quantizer("vq", dim=d, codebook_size=k, kmeans_init=True), 0.0
     if backend == "vq_revival":
-        return build_quantizer("vq", dim=d, codebook_size=k, kmeans_init=True, dead_code_threshold=1.0 / 16)
+        return build_quantizer("vq", dim=d, codebook_size=k, kmeans_init=True, dead_code_threshold=1.0 / 16), 0.0
     if backend == "ema_vq":
-        return build_quantizer("ema_vq", dim=d, codebook_size=k, kmeans_init=True)
+        return build_quantizer("ema_vq", dim=d, codebook_size=k, kmeans_init=True), 0.0
     if backend == "softvq":
-        return build_quantizer("softvq", dim=d, codebook_size=k)
+        return build_quantizer("softvq", dim=d, codebook_size=k), 0.0
     if backend == "vqbridge":
-        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256)
-    if backend in ("vqgan_lc", "vqgan_lc_identity"):
-        import tempfile
-
-        from vqkit.codebook import minibatch_kmeans
-        from vqkit.quantizers.codebook_file import save_codebook
-
-        centres, _ = minibatch_kmeans(train, k, iters=20, batch_size=8192,
-                                      generator=torch.Generator().manual_seed(seed), assign_all=False)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = save_codebook(Path(tmp) / "codebook.safetensors", centres, {"source": "benchmark k-means"})
-            init = "identity" if backend == "vqgan_lc_identity" else "normal"
-            return build_quantizer("vqgan_lc", dim=d, codebook_size=k, codebook_path=str(path), projector_init=init)
+        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256), 0.0
+    path, kmeans_s = _kmeans_codebook(train, k, seed, cache_dir)
+    if backend in ("vqgan_lc", "vqgan_lc_paper_init"):
+        init = "normal" if backend == "vqgan_lc_paper_init" else "identity"
+        return build_quantizer("vqgan_lc", dim=d, codebook_size=k, codebook_path=str(path),
+                               projector_init=init), kmeans_s
+    if backend == "vqbridge_kmeans":
+        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256, residual=True,
+                               init_codebook_path=str(path)), kmeans_s
+    if backend == "vq_kmeans_file":
+        q = build_quantizer("vq", dim=d, codebook_size=k)
+        with torch.no_grad():
+            q.embedding.copy_(_load_centres(path))
+        return q, kmeans_s
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def _load_centres(path: Path) -> Any:
+    from vqkit.quantizers.codebook_file import load_codebook
+
+    return load_codebook(path)[0]
+
+
+def _nearest_ids(codebook: Any, z: Any, threads: int) -> Any:
+    """Exact nearest-code ids of ``z`` (N, D) by a k-d tree over ``codebook`` (K, D): the held-out sets are
+    millions of low-dim vectors, where a tree answers exact queries ~5x faster than tiled matmul search."""
+    import numpy as np
+    import torch
+    from scipy.spatial import cKDTree
+
+    # exact duplicates (e.g. 262,144 codes k-means-initialised from one batch of 512 vectors) would make every
+    # query visit all copies: search the distinct codes and answer with the lowest id of each, as argmin does
+    codebook = codebook.detach().double()
+    distinct, inverse = torch.unique(codebook, dim=0, return_inverse=True)
+    first = torch.full((distinct.shape[0],), codebook.shape[0], dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(codebook.shape[0]), reduce="amin")
+    tree = cKDTree(distinct.numpy())
+    _, ids = tree.query(z.detach().double().numpy(), k=1, workers=threads)
+    return first[torch.from_numpy(np.asarray(ids, dtype=np.int64))]
 
 
 def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
@@ -173,8 +234,11 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
     train, heldout = data["train"], data["heldout"]
     k, d, backend = spec["k"], train.shape[1], spec["backend"]
     start = time.perf_counter()
-    q = _build(backend, k, d, train, spec["seed"]).train()
+    q, kmeans_s = _build(backend, k, d, train, spec["seed"], Path(spec["cache_dir"]))
+    q.train()
     setup_s = time.perf_counter() - start
+    if kmeans_s and setup_s < kmeans_s:  # the shared k-means file came from the cache: count its build time
+        setup_s += kmeans_s
     is_ref = backend == REFERENCE
     encoder, decoder = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
     for layer in (encoder, decoder):
@@ -202,21 +266,27 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
     q.eval()
     t0 = time.perf_counter()
-    counts = torch.zeros(k, dtype=torch.long)
-    sq_err = 0.0
-    # the reference and softvq materialise chunk x K distances / probabilities: small chunks for them
-    chunk = 2048 if is_ref or backend == "softvq" else spec["eval_chunk"]
     with torch.no_grad():
-        for i in range(0, heldout.shape[0], chunk):
-            x = heldout[i : i + chunk].unsqueeze(0)
-            z = encoder(x)
-            if is_ref:
-                z_q, ids, _ = q(z)
-            else:
-                ids = q.encode(z)
-                z_q = q.decode(ids)  # soft quantizers: the hard code of the argmax
-            counts += torch.bincount(ids.reshape(-1), minlength=k)
-            sq_err += float((decoder(z_q) - x).pow(2).sum())
+        z = torch.cat([encoder(heldout[i : i + spec["eval_chunk"]]) for i in range(0, heldout.shape[0],
+                                                                                   spec["eval_chunk"])])
+        codebook = q.codebook.detach().float()
+        if backend == "softvq":  # its ids are the argmax of cosine logits = nearest unit code to the unit latent
+            search_z = torch.nn.functional.normalize(z, dim=-1) if q.normalize else z
+        else:
+            search_z = z
+        ids = _nearest_ids(codebook, search_z, spec["threads"])
+        # the tree must find codes as near as the quantizer's own search (ids may differ between duplicate,
+        # equidistant codes): compare the distances on the first CHECK_ROWS held-out vectors
+        check = search_z[:CHECK_ROWS]
+        # in parts: the reference and softvq materialise rows x K distances / probabilities
+        parts = [row.unsqueeze(0) for row in z[:CHECK_ROWS].split(2048)]
+        own = torch.cat([(q(part)[1] if is_ref else q.encode(part)).reshape(-1) for part in parts])
+        own_d = (check - codebook[own]).pow(2).sum(-1)
+        tree_d = (check - codebook[ids[:CHECK_ROWS]]).pow(2).sum(-1)
+        ids_match = float(((own_d - tree_d).abs() <= 1e-5 * (1 + own_d)).float().mean())
+        counts = torch.bincount(ids, minlength=k)
+        codes = codebook[ids] if is_ref else q.decode(ids.unsqueeze(0)).squeeze(0)
+        sq_err = float((decoder(codes) - heldout).pow(2).sum())
     eval_s = time.perf_counter() - t0
     p = counts.double() / counts.sum()
     perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
@@ -226,6 +296,7 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "perplexity": perplexity,
         "dead_codes": k - used,
         "mse": sq_err / heldout.numel(),
+        "ids_match": ids_match,
         "step_s": step_s,
         "setup_s": setup_s,
         "eval_s": eval_s,
@@ -267,8 +338,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ("| backend | K | status | usage | 1 - exp(-N/K) | perplexity | dead codes | MSE | s / step | set-up s "
-            "| eval s | peak RSS MiB |")
-    lines = [head, "|" + "---|" * 12]
+            "| eval s | peak RSS MiB | tree = own search |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         ok = r["status"] == "ok"
         cells = [r["backend"], str(r["K"]), r["status"],
@@ -276,7 +347,8 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
                  _fmt(r.get("perplexity"), 5),
                  _fmt(r.get("dead_codes")), _fmt(r.get("mse"), 3), _fmt(r.get("step_s"), 3),
                  _fmt(r.get("setup_s"), 3), _fmt(r.get("eval_s"), 3),
-                 f"{r['peak_rss_mib']:.0f}" if ok else ""]
+                 f"{r['peak_rss_mib']:.0f}" if ok else "",
+                 f"{100 * r['ids_match']:.2f}%" if ok else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -341,14 +413,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ks", type=int, nargs="+", default=[1024, 16384, 65536, 262144], help="codebook sizes K")
-    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS[:-1]),
-                   help="default: all but vqgan_lc_identity (a diagnostic variant)")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS + DIAGNOSTIC_BACKENDS, default=list(BACKENDS),
+                   help=f"default: all but the diagnostic variants {', '.join(DIAGNOSTIC_BACKENDS)}")
     p.add_argument("--dim", type=int, default=8, help="feature dims after PCA")
-    p.add_argument("--train", type=int, default=327680, help="training pool vectors")
-    p.add_argument("--heldout", type=int, default=327680, help="held-out vectors")
+    p.add_argument("--train", type=int, default=1 << 20, help="training pool vectors")
+    p.add_argument("--heldout", type=int, default=1 << 22, help="held-out vectors (16 per code at K = 262,144)")
     p.add_argument("--steps", type=int, default=100, help="training steps per cell")
     p.add_argument("--batch", type=int, default=512, help="vectors per training step")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (every parameter)")
     p.add_argument("--eval-chunk", type=int, default=65536, help="held-out vectors per encode call")
     p.add_argument("--mem-cap-gib", type=float, default=16.0, help="address-space cap of each cell")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds before a cell counts as too slow")
@@ -357,6 +429,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="torch threads per cell (1 is faster when the cores are oversubscribed)")
     p.add_argument("--features", type=Path, default=None, help="feature cache (.pt); built when missing")
     p.add_argument("--out-dir", type=Path, default=SCRIPT.parent / "results")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                   help="run nothing: merge the results of these runs' --out-dir folders into --out-dir")
     args = p.parse_args(argv)
     if args.heldout < max(args.ks):
         print(f"warning: {args.heldout} held-out vectors < K={max(args.ks)}: usage at that K is capped at "
@@ -364,10 +438,58 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results CSV with numbers parsed back (empty cells dropped)."""
+    rows = []
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for key, value in raw.items():
+                if value == "":
+                    continue
+                if key in ("backend", "status"):
+                    row[key] = value
+                else:
+                    number = float(value)
+                    row[key] = int(number) if key in ("K", "D", "dead_codes", "steps", "batch", "heldout") else number
+            rows.append(row)
+    return rows
+
+
+def merge(out_dir: Path, run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """One CSV / Markdown / PNG from several runs' output folders (e.g. one K per run, run side by side):
+    rows ordered by K then backend, each run's own header (command, date, settings) kept above the table."""
+    order = {name: i for i, name in enumerate(BACKENDS + DIAGNOSTIC_BACKENDS)}
+    rows, headers = [], []
+    for run in run_dirs:
+        csv_path, md_path = run / "codebook_utilization.csv", run / "codebook_utilization.md"
+        if not csv_path.is_file() or not md_path.is_file():
+            raise SystemExit(f"{run} holds no codebook_utilization.csv/.md: pass the --out-dir of a finished run")
+        rows += _read_csv(csv_path)
+        header = md_path.read_text().split("\n| backend |")[0].splitlines()
+        headers += [f"Run `{run.name}`:"] + [line for line in header[1:] if line.strip()] + [""]
+    rows.sort(key=lambda r: (r["K"], order.get(r["backend"], len(order))))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / "codebook_utilization"
+    _write_csv(stem.with_suffix(".csv"), rows)
+    table = _markdown_table(rows)
+    command = shlex.join(["python", "benchmarks/codebook_utilization.py", "--merge", *map(str, run_dirs),
+                          "--out-dir", str(out_dir)])
+    stem.with_suffix(".md").write_text("\n".join(["# Codebook utilization at large K (CPU)", "",
+                                                  f"Merged by `{command}` from these runs:", "", *headers,
+                                                  table, ""]))
+    plot(rows, stem.with_suffix(".png"))
+    print(table)
+    print(f"\nwrote {stem}.csv, .md and .png")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Build (or reuse) the feature set, run every cell, write CSV / Markdown / PNG; return the rows."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse_args(argv)
+    if args.merge:
+        return merge(args.out_dir, args.merge)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / "codebook_utilization"
     features = args.features or Path(f"/tmp/vqkit_codebook_utilization_{args.dim}d_{args.train}_{args.heldout}"
@@ -393,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         else:
             spec = {"task": "cell", "threads": args.threads, "backend": backend, "k": k, "features": str(features),
                     "steps": args.steps, "batch": args.batch, "lr": args.lr, "eval_chunk": args.eval_chunk,
-                    "seed": args.seed}
+                    "seed": args.seed, "cache_dir": str(features.parent)}
             result = _run_child(spec, args.mem_cap_gib, args.timeout)
         bound = 1.0 - math.exp(-args.heldout / k)  # expected usage if every vector hit a random code
         rows.append({"backend": backend, "K": k, "D": args.dim, "steps": args.steps, "batch": args.batch,
@@ -423,8 +545,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "MSE per element of decoder(code) vs the feature (soft quantizers: hard code of the argmax)",
         f"- Each cell in its own process, address space capped at {args.mem_cap_gib:g} GiB, timeout "
         f"{args.timeout:g} s; usage cannot exceed min(1, held-out / K) and with random hits is about "
-        "1 - exp(-held-out / K) (column `1 - exp(-N/K)`); set-up s includes building the quantizer (k-means for "
-        "vqgan_lc, k-means init of vq / ema_vq happens in the first training step)",
+        "1 - exp(-held-out / K) (column `1 - exp(-N/K)`); set-up s includes building the quantizer and its "
+        f"k-means codebook ({KMEANS_ITERS} mini-batches of {KMEANS_BATCH:,}, shared by vqgan_lc and "
+        "vqbridge_kmeans; the "
+        "k-means init of vq / ema_vq happens in their first training step); held-out ids by an exact k-d tree "
+        f"over the final codebook, checked against the quantizer's own encode on {CHECK_ROWS:,} vectors",
         "",
         table,
         "",

@@ -106,3 +106,18 @@ def test_learning_annealing_values_at_key_steps():
     assert all(b <= a + 1e-12 for a, b in zip(values[400:], values[401:], strict=False))
     with pytest.raises(ValueError, match="max_steps"):
         learning_annealing(opt, total_steps=0)
+
+
+def test_raw_codebook_starts_from_a_codebook_file(tmp_path):
+    from vqkit.quantizers.codebook_file import save_codebook
+
+    centres = torch.randn(64, D, generator=torch.Generator().manual_seed(3))
+    path = save_codebook(tmp_path / "centres.safetensors", centres, {"source": "test"})
+    q = small(residual=True, init_codebook_path=str(path))
+    torch.testing.assert_close(q.codebook, centres, atol=0, rtol=0)  # zero-init bridge + residual: the file
+    with pytest.raises(ValueError, match="codebook_dim=8"):
+        small(codebook_dim=4, init_codebook_path=str(path))
+    with pytest.raises(ValueError, match="128"):
+        small(k=128, init_codebook_path=str(path))
+    with pytest.raises(FileNotFoundError, match="vqkit.codebook"):
+        small(init_codebook_path=str(tmp_path / "missing.safetensors"))

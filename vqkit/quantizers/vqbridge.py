@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vqkit.quantizers.codebook_file import load_codebook
 from vqkit.quantizers.generated_codebook import GeneratedCodebookQuantizer, fp32_call
 from vqkit.quantizers.registry import register_quantizer
 from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK
@@ -44,6 +45,9 @@ class VQBridgeQuantizer(GeneratedCodebookQuantizer):
         mlp_ratio: MLP expansion of each block.
         pos_embed: learned positional embedding over the patch grid.
         residual: bridged = raw + bridge(raw) (the paper's release: off).
+        init_codebook_path: safetensors file of (K, C) vectors (``python -m vqkit.codebook``, e.g. k-means
+            centres of the encoder's latents) to start the raw codebook from instead of N(0, 1/C). With
+            ``residual`` the bridged codebook then starts exactly at those vectors. None: the paper's random init.
         codebook_weight, commit_weight, swap_loss_weights: as ``vq`` (the paper: 1.0 / 0.25, not swapped).
         code_chunk, row_chunk: tile sizes of the nearest-code search.
         check_finite: raise on NaN/Inf latents.
@@ -63,6 +67,7 @@ class VQBridgeQuantizer(GeneratedCodebookQuantizer):
         mlp_ratio: float = 4.0,
         pos_embed: bool = True,
         residual: bool = False,
+        init_codebook_path: str | None = None,
         codebook_weight: float = 1.0,
         commit_weight: float = 0.25,
         swap_loss_weights: bool = False,
@@ -83,7 +88,7 @@ class VQBridgeQuantizer(GeneratedCodebookQuantizer):
             )
         self.bridge_kind = bridge
         self.residual = residual
-        self.raw_codebook = nn.Parameter(torch.randn(codebook_size, self.codebook_dim) / self.codebook_dim**0.5)
+        self.raw_codebook = nn.Parameter(self._initial_codes(init_codebook_path))
         if bridge == "vit":
             height, grid_width = grid_shape(codebook_size)
             self.patch_size = patch_size if patch_size is not None else auto_patch_size(height, grid_width, max_tokens)
@@ -93,6 +98,17 @@ class VQBridgeQuantizer(GeneratedCodebookQuantizer):
         else:
             self.patch_size = None
             self.bridge = PerCodeBridge(self.codebook_dim, dim, width if bridge == "mlp" else None)
+
+    def _initial_codes(self, path: str | None) -> Tensor:
+        if path is None:
+            return torch.randn(self.codebook_size, self.codebook_dim) / self.codebook_dim**0.5
+        codes, _ = load_codebook(path, expected_size=self.codebook_size)
+        if codes.shape[1] != self.codebook_dim:
+            raise ValueError(
+                f"vqbridge: {path} holds {codes.shape[1]}-dim vectors but the raw codebook is {self.codebook_dim}-dim; "
+                f"set quantizer.codebook_dim={codes.shape[1]} (and dim too when residual=true) or rebuild the file"
+            )
+        return codes.float().clone()
 
     def generate_codebook(self) -> Tensor:
         bridged = fp32_call(self.bridge, self.raw_codebook)
