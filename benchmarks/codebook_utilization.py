@@ -141,16 +141,17 @@ def _child_features(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- one cell (child) -------------------------------------------------------------------------------
-def _kmeans_codebook(train: Any, k: int, seed: int, cache_dir: Path) -> tuple[Path, float]:
+def _kmeans_codebook(train: Any, k: int, seed: int, features: Path) -> tuple[Path, float]:
     """K mini-batch k-means centres of the training pool as a codebook file (what ``python -m vqkit.codebook``
-    writes), built once per (pool, K, seed) and shared by the backends that start from it; returns the
-    file and the seconds its k-means took (stored in the file, so a cached file reports the same figure)."""
+    writes), built once per (feature file, K, seed) next to the feature file and shared by the backends that
+    start from it; returns the file and the seconds its k-means took (stored in the file, so a cached file
+    reports the same figure)."""
     import torch
 
     from vqkit.codebook import minibatch_kmeans
     from vqkit.quantizers.codebook_file import load_codebook, save_codebook
 
-    path = cache_dir / f"kmeans_{train.shape[0]}x{train.shape[1]}_K{k}_s{seed}.safetensors"
+    path = features.with_name(f"{features.stem}_kmeans_K{k}_s{seed}.safetensors")
     if not path.is_file():
         t0 = time.perf_counter()
         centres, _ = minibatch_kmeans(train, k, iters=KMEANS_ITERS, batch_size=KMEANS_BATCH,
@@ -162,7 +163,7 @@ def _kmeans_codebook(train: Any, k: int, seed: int, cache_dir: Path) -> tuple[Pa
     return path, float(load_codebook(path)[1]["kmeans_s"])
 
 
-def _build(backend: str, k: int, d: int, train: Any, seed: int, cache_dir: Path) -> tuple[Any, float]:
+def _build(backend: str, k: int, d: int, train: Any, seed: int, features: Path) -> tuple[Any, float]:
     """The quantizer of one cell and the seconds of its shared k-means codebook (0 if it uses none)."""
     import torch
 
@@ -184,7 +185,7 @@ def _build(backend: str, k: int, d: int, train: Any, seed: int, cache_dir: Path)
         return build_quantizer("softvq", dim=d, codebook_size=k), 0.0
     if backend == "vqbridge":
         return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256), 0.0
-    path, kmeans_s = _kmeans_codebook(train, k, seed, cache_dir)
+    path, kmeans_s = _kmeans_codebook(train, k, seed, features)
     if backend in ("vqgan_lc", "vqgan_lc_paper_init"):
         init = "normal" if backend == "vqgan_lc_paper_init" else "identity"
         return build_quantizer("vqgan_lc", dim=d, codebook_size=k, codebook_path=str(path),
@@ -234,7 +235,7 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
     train, heldout = data["train"], data["heldout"]
     k, d, backend = spec["k"], train.shape[1], spec["backend"]
     start = time.perf_counter()
-    q, kmeans_s = _build(backend, k, d, train, spec["seed"], Path(spec["cache_dir"]))
+    q, kmeans_s = _build(backend, k, d, train, spec["seed"], Path(spec["features"]))
     q.train()
     setup_s = time.perf_counter() - start
     if kmeans_s and setup_s < kmeans_s:  # the shared k-means file came from the cache: count its build time
@@ -359,14 +360,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     from PIL import Image, ImageDraw
 
-    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf", "#7f7f7f", "#e377c2",
+               "#bcbd22"]
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     ks = sorted({r["K"] for r in rows})
     ok = [r for r in rows if r["status"] == "ok"]
-    width, height, margin = 1300, 560, 70
+    width, height, margin = 1420, 560, 70
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    panel_w = (width - 360) // 2
+    panel_w = (width - 440) // 2  # two panels, then the legend
     mses = [r["mse"] for r in ok if r["mse"] > 0]
     lo_mse = math.log10(min(mses)) if mses else -3
     hi_mse = math.log10(max(mses)) if mses else 0
@@ -404,9 +406,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
     for b, name in enumerate(backends):
         y = margin + 22 * b
-        draw.rectangle([width - 270, y, width - 255, y + 12], fill=colours[b % len(colours)])
-        draw.text((width - 248, y), name, fill="black")
-    draw.text((width - 270, margin + 22 * len(backends) + 10), "missing point = not ok (see table)", fill="black")
+        draw.rectangle([width - 220, y, width - 205, y + 12], fill=colours[b % len(colours)])
+        draw.text((width - 198, y), name, fill="black")
+    draw.text((width - 220, margin + 22 * len(backends) + 10), "missing point = not ok (see table)", fill="black")
     img.save(path)
 
 
@@ -458,7 +460,8 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 def merge(out_dir: Path, run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     """One CSV / Markdown / PNG from several runs' output folders (e.g. one K per run, run side by side):
-    rows ordered by K then backend, each run's own header (command, date, settings) kept above the table."""
+    rows ordered by K then backend, each run's own header (command, date, settings) kept above the table;
+    a cell measured again by a later run (in the order given) replaces the earlier one."""
     order = {name: i for i, name in enumerate(BACKENDS + DIAGNOSTIC_BACKENDS)}
     rows, headers = [], []
     for run in run_dirs:
@@ -468,7 +471,8 @@ def merge(out_dir: Path, run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         rows += _read_csv(csv_path)
         header = md_path.read_text().split("\n| backend |")[0].splitlines()
         headers += [f"Run `{run.name}`:"] + [line for line in header[1:] if line.strip()] + [""]
-    rows.sort(key=lambda r: (r["K"], order.get(r["backend"], len(order))))
+    latest = {(r["backend"], r["K"]): r for r in rows}  # a later run's cell replaces an earlier one's
+    rows = sorted(latest.values(), key=lambda r: (r["K"], order.get(r["backend"], len(order))))
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / "codebook_utilization"
     _write_csv(stem.with_suffix(".csv"), rows)
@@ -476,7 +480,8 @@ def merge(out_dir: Path, run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     command = shlex.join(["python", "benchmarks/codebook_utilization.py", "--merge", *map(str, run_dirs),
                           "--out-dir", str(out_dir)])
     stem.with_suffix(".md").write_text("\n".join(["# Codebook utilization at large K (CPU)", "",
-                                                  f"Merged by `{command}` from these runs:", "", *headers,
+                                                  f"Merged by `{command}` from these runs (a cell run again "
+                                                  "by a later run replaces the earlier one):", "", *headers,
                                                   table, ""]))
     plot(rows, stem.with_suffix(".png"))
     print(table)
@@ -515,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         else:
             spec = {"task": "cell", "threads": args.threads, "backend": backend, "k": k, "features": str(features),
                     "steps": args.steps, "batch": args.batch, "lr": args.lr, "eval_chunk": args.eval_chunk,
-                    "seed": args.seed, "cache_dir": str(features.parent)}
+                    "seed": args.seed}
             result = _run_child(spec, args.mem_cap_gib, args.timeout)
         bound = 1.0 - math.exp(-args.heldout / k)  # expected usage if every vector hit a random code
         rows.append({"backend": backend, "K": k, "D": args.dim, "steps": args.steps, "batch": args.batch,

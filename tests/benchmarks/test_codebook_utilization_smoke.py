@@ -28,7 +28,7 @@ def test_cells_measure_finite_metrics_and_write_outputs(tmp_path: Path) -> None:
                                   "path": str(features)})
     assert info == {"train": 512, "heldout": 256, "raw_dim": 40}
     cell = {"threads": 1, "k": 16, "features": str(features), "steps": 3, "batch": 32, "lr": 1e-3,
-            "eval_chunk": 100, "seed": 0, "cache_dir": str(tmp_path)}
+            "eval_chunk": 100, "seed": 0}
     rows = []
     for backend in ("vq_revival", "vqgan_lc", "vqbridge", "vqbridge_kmeans", "softvq"):
         result = bench._child_cell({**cell, "backend": backend})
@@ -41,7 +41,7 @@ def test_cells_measure_finite_metrics_and_write_outputs(tmp_path: Path) -> None:
     rows.append({"backend": "vq", "K": 16, "status": "out of memory (> 1 GiB cap)", "usage_bound_random": 1.0})
     assert "out of memory" in bench._markdown_table(rows)
     # vqgan_lc and vqbridge_kmeans start from one shared k-means file, built once and reused
-    assert len(list(tmp_path.glob("kmeans_512x4_K16_s0.safetensors"))) == 1
+    assert len(list(tmp_path.glob("features_kmeans_K16_s0.safetensors"))) == 1
     bench.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
 
@@ -67,10 +67,12 @@ def test_merge_combines_runs_in_k_order(tmp_path: Path) -> None:
               "--threads", "1", "--features", str(features)]
     bench.main(["--ks", "32", *common, "--out-dir", str(tmp_path / "k32")])
     bench.main(["--ks", "16", *common, "--out-dir", str(tmp_path / "k16")])
-    rows = bench.main(["--merge", str(tmp_path / "k32"), str(tmp_path / "k16"), "--out-dir", str(tmp_path / "all")])
-    assert [(r["backend"], r["K"]) for r in rows] == [("vq", 16), ("vq", 32)]
+    bench.main(["--ks", "16", *common, "--steps", "3", "--out-dir", str(tmp_path / "k16again")])
+    rows = bench.main(["--merge", str(tmp_path / "k32"), str(tmp_path / "k16"), str(tmp_path / "k16again"),
+                       "--out-dir", str(tmp_path / "all")])
+    assert [(r["backend"], r["K"], r["steps"]) for r in rows] == [("vq", 16, 3), ("vq", 32, 2)]
     md = (tmp_path / "all" / "codebook_utilization.md").read_text()
-    assert md.count("--ks") == 2 and "| vq | 16 | ok |" in md
+    assert md.count("--ks") == 3 and "| vq | 16 | ok |" in md
     with pytest.raises(SystemExit, match="no codebook_utilization"):
         bench.main(["--merge", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "x")])
 
