@@ -425,7 +425,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (every parameter)")
     p.add_argument("--eval-chunk", type=int, default=65536, help="held-out vectors per encode call")
     p.add_argument("--mem-cap-gib", type=float, default=16.0, help="address-space cap of each cell")
-    p.add_argument("--timeout", type=float, default=420.0, help="seconds before a cell counts as too slow")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds before a cell counts as too slow")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=THREADS,
                    help="torch threads per cell (1 is faster when the cores are oversubscribed)")
