@@ -1,8 +1,8 @@
 """Run one benchmark cell in a child process capped in memory and time, and read back its JSON result.
 
 Shared by benchmarks/quantizer_speed.py and benchmarks/codebook_utilization.py: the child prints one line
-``<result_tag><json>``; a cell that runs out of memory, times out, is killed or fails gets a ``status``
-saying so instead of numbers, so a table records missing cells rather than hiding them.
+``<result_tag><json>`` (:func:`report_child_result`); a cell that runs out of memory, times out, is killed or
+fails gets a ``status`` saying so instead of numbers, so a table records missing cells rather than hiding them.
 """
 
 from __future__ import annotations
@@ -13,11 +13,33 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
 _OOM_PATTERN = r"bad_alloc|can't allocate memory|Cannot allocate memory|MemoryError"
+
+
+def proc_status_kib(field: str) -> int:
+    """A ``Vm*`` field of /proc/self/status (e.g. ``VmHWM``, the peak RSS), in KiB."""
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(match.group(1))
+
+
+def report_child_result(result_tag: str, task: Callable[[], dict[str, Any]]) -> None:
+    """Child side: run ``task`` and print its result as ``<result_tag><json>`` with ``status`` "ok", or
+    "oom" when it ran out of memory under the cap (:func:`run_capped` turns that into a readable status)."""
+    try:
+        result = task()
+        result["status"] = "ok"
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "can't allocate memory" not in str(err):
+            raise
+        result = {"status": "oom"}
+    print(result_tag + json.dumps(result), flush=True)
 
 
 def run_capped(

@@ -55,7 +55,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import shlex
 import sys
 import time
@@ -64,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_cell import run_capped  # noqa: E402  (a sibling script module)
+from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402  (a sibling script module)
 
 SCRIPT = Path(__file__).resolve()
 RESULT_TAG = "CODEBOOK_UTILIZATION_RESULT "
@@ -85,12 +84,6 @@ CHECK_ROWS = 16384  # held-out vectors on which the k-d tree's ids are compared 
 
 
 # --- features (child) -----------------------------------------------------------------------------
-def _proc_status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return int(match.group(1))
-
 
 def _crop_features(num_vectors: int, seed: int, batch: int = 128) -> Any:
     """(num_vectors, 40) EfficientNet-Lite0 stride-8 features of random crops of all embedded photos."""
@@ -194,17 +187,13 @@ def _build(backend: str, k: int, d: int, train: Any, seed: int, features: Path) 
         return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256, residual=True,
                                init_codebook_path=str(path)), kmeans_s
     if backend == "vq_kmeans_file":
+        from vqkit.quantizers.codebook_file import load_codebook
+
         q = build_quantizer("vq", dim=d, codebook_size=k)
         with torch.no_grad():
-            q.embedding.copy_(_load_centres(path))
+            q.embedding.copy_(load_codebook(path)[0])
         return q, kmeans_s
     raise ValueError(f"unknown backend {backend!r}")
-
-
-def _load_centres(path: Path) -> Any:
-    from vqkit.quantizers.codebook_file import load_codebook
-
-    return load_codebook(path)[0]
 
 
 def _nearest_ids(codebook: Any, z: Any, threads: int) -> Any:
@@ -301,20 +290,13 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "step_s": step_s,
         "setup_s": setup_s,
         "eval_s": eval_s,
-        "peak_rss_mib": _proc_status_kib("VmHWM") / 1024,
+        "peak_rss_mib": proc_status_kib("VmHWM") / 1024,
     }
 
 
 def _child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
-    try:
-        result = _child_features(spec) if spec["task"] == "features" else _child_cell(spec)
-        result["status"] = "ok"
-    except (MemoryError, RuntimeError) as err:
-        if not isinstance(err, MemoryError) and "can't allocate memory" not in str(err):
-            raise
-        result = {"status": "oom"}
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    report_child_result(RESULT_TAG, lambda: _child_features(spec) if spec["task"] == "features" else _child_cell(spec))
 
 
 # --- parent -------------------------------------------------------------------------------------------

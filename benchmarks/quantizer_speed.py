@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_cell import run_capped  # noqa: E402  (a sibling script module)
+from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402  (a sibling script module)
 
 SCRIPT = Path(__file__).resolve()
 RESULT_TAG = "QUANTIZER_SPEED_RESULT "
@@ -88,13 +88,6 @@ COLUMNS = (
 # --- child side: runs inside the capped subprocess ------------------------------------------
 
 
-def _proc_status_kib(field: str) -> int:
-    """A ``Vm*`` field of /proc/self/status, in KiB."""
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return int(match.group(1))
-
 
 def _best_time(fn: Callable[[], object], repeats: int, slow_run_s: float) -> tuple[float, int]:
     """Warm up once, then the best of ``repeats`` runs (one if the warm-up was slow)."""
@@ -115,8 +108,8 @@ def _child_matmul(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(THREADS)
     baseline = {
-        "baseline_rss_mib": _proc_status_kib("VmHWM") / 1024,
-        "baseline_vm_gib": _proc_status_kib("VmSize") / 2**20,
+        "baseline_rss_mib": proc_status_kib("VmHWM") / 1024,
+        "baseline_vm_gib": proc_status_kib("VmSize") / 2**20,
     }
     gen = torch.Generator().manual_seed(spec["seed"])
     size = spec["gemm_size"]
@@ -192,20 +185,12 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
                 raise RuntimeError(f"{impl}: backward left no finite gradient on z")
 
     seconds, repeats = _best_time(run, spec["repeats"], spec["slow_run_s"])
-    return {"seconds": seconds, "repeats": repeats, "peak_rss_mib": _proc_status_kib("VmHWM") / 1024}
+    return {"seconds": seconds, "repeats": repeats, "peak_rss_mib": proc_status_kib("VmHWM") / 1024}
 
 
 def _child_main(spec_json: str) -> None:
-    """Run one task and print its result as a tagged JSON line; OOM is a result too."""
     spec = json.loads(spec_json)
-    try:
-        result = _child_matmul(spec) if spec["task"] == "matmul" else _child_cell(spec)
-        result["status"] = "ok"
-    except (MemoryError, RuntimeError) as err:
-        if not isinstance(err, MemoryError) and "can't allocate memory" not in str(err):
-            raise
-        result = {"status": "oom"}
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    report_child_result(RESULT_TAG, lambda: _child_matmul(spec) if spec["task"] == "matmul" else _child_cell(spec))
 
 
 # --- parent side -----------------------------------------------------------------------------

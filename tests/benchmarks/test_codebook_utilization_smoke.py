@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "codebook_utilization.py"
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("codebook_utilization", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load_benchmark
 
 
 def test_cells_measure_finite_metrics_and_write_outputs(tmp_path: Path) -> None:
-    bench = _load_script()
+    bench = load_benchmark("codebook_utilization")
     features = tmp_path / "features.pt"
     info = bench._child_features({"threads": 1, "train": 512, "heldout": 256, "dim": 4, "seed": 0,
                                   "path": str(features)})
@@ -47,7 +37,7 @@ def test_cells_measure_finite_metrics_and_write_outputs(tmp_path: Path) -> None:
 
 
 def test_main_runs_a_cell_in_a_capped_subprocess(tmp_path: Path) -> None:
-    bench = _load_script()
+    bench = load_benchmark("codebook_utilization")
     features = tmp_path / "features.pt"
     bench._child_features({"threads": 1, "train": 256, "heldout": 256, "dim": 4, "seed": 0, "path": str(features)})
     bench.main(["--ks", "16", "--backends", "vq", "--steps", "3", "--batch", "32", "--train", "256", "--heldout",
@@ -60,7 +50,7 @@ def test_main_runs_a_cell_in_a_capped_subprocess(tmp_path: Path) -> None:
 
 
 def test_merge_combines_runs_in_k_order(tmp_path: Path) -> None:
-    bench = _load_script()
+    bench = load_benchmark("codebook_utilization")
     features = tmp_path / "features.pt"
     bench._child_features({"threads": 1, "train": 256, "heldout": 256, "dim": 4, "seed": 0, "path": str(features)})
     common = ["--backends", "vq", "--steps", "2", "--batch", "32", "--train", "256", "--heldout", "256", "--dim", "4",
@@ -82,7 +72,7 @@ def test_tree_search_matches_argmin_with_duplicate_codes() -> None:
 
     from vqkit.quantizers.search import nearest_code
 
-    bench = _load_script()
+    bench = load_benchmark("codebook_utilization")
     g = torch.Generator().manual_seed(0)
     codebook = torch.randn(50, 8, generator=g)[torch.randint(0, 50, (4096,), generator=g)]  # ~80 copies each
     z = torch.randn(3000, 8, generator=g)

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
-from types import ModuleType
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quantizer_speed.py"
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quantizer_speed", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load_benchmark
 
 
 def test_tiny_grid_writes_finite_positive_timings(tmp_path: Path) -> None:
-    bench = _load_script()
+    bench = load_benchmark("quantizer_speed")
     impls = [bench.SEARCH, bench.VQKIT_VQ, bench.VQKIT_EMA]
     argv = ["--ks", "64", "--dims", "8", "--n", "256", "--repeats", "1", "--gemm-size", "256"]
     bench.main([*argv, "--impls", *impls, "--out-dir", str(tmp_path)])

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
-from types import ModuleType
 
 from omegaconf import OmegaConf
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "softvq_tokens.py"
+from tests.benchmarks import load_benchmark
+
 TINY = [
     "model.encoder.width=32",
     "model.encoder.depth=1",
@@ -21,16 +20,9 @@ TINY = [
 ]
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("softvq_tokens", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_overrides_follow_the_cpu_recipe() -> None:
-    bench = _load_script()
+    bench = load_benchmark("softvq_tokens")
     recipe = OmegaConf.load(bench.RECIPE)
     softvq, steps, codebook_size = bench.recipe_overrides("softvq")
     vq, _, _ = bench.recipe_overrides("vq")
@@ -42,7 +34,7 @@ def test_overrides_follow_the_cpu_recipe() -> None:
 
 
 def test_tiny_grid_writes_finite_metrics(tmp_path: Path) -> None:
-    bench = _load_script()
+    bench = load_benchmark("softvq_tokens")
     argv = ["--quantizers", "softvq", "vq", "--tokens", "8", "--steps", "2", "--val-samples", "8", "--no-fid"]
     bench.main([*argv, "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "runs"), "--override", *TINY])
 
