@@ -166,6 +166,22 @@ def test_export_then_load_reproduces_the_trained_model(make_config, tmp_path: Pa
     assert torch.equal(copy.encode(x), ids)
 
 
+def test_artifact_of_a_codebook_file_started_vqbridge_loads_without_the_file(make_config, tmp_path: Path) -> None:
+    from vqkit.quantizers.codebook_file import save_codebook
+
+    start = save_codebook(tmp_path / "start.safetensors", torch.randn(64, 8), {"source": "test"})
+    result = vqkit.train.train(make_config("trainer.max_steps=2", "test=false", "quantizer=vqbridge",
+                                           "quantizer.codebook_size=64", "quantizer.residual=true",
+                                           "quantizer.width=32", "quantizer.num_heads=2",
+                                           f"quantizer.init_codebook_path={start}"))
+    out = tmp_path / "artifact"
+    exported = export_tokenizer(result["checkpoint"], out)
+    start.unlink()  # the artifact is used where the start file is not
+    tokenizer = load_tokenizer(out)
+    assert json.loads((out / "config.json").read_text())["quantizer"]["init_codebook_path"] is None
+    torch.testing.assert_close(tokenizer.quantizer.codebook, exported.quantizer.codebook, atol=0, rtol=0)
+
+
 def test_soft_quantizer_encodes_continuous_tokens(make_config, tmp_path: Path) -> None:
     ckpt_path, module = trained_module(make_config, "softvq")
     export_tokenizer(ckpt_path, tmp_path / "artifact")

@@ -150,6 +150,10 @@ def export_tokenizer(
 
         return export_text_checkpoint(checkpoint, ckpt_path, out)
     config = artifact_config(checkpoint, ckpt_path, modality)
+    quantizer = config["quantizer"]
+    if isinstance(quantizer, dict) and quantizer.get("init_codebook_path"):
+        # the file only seeded the trained codes, which the weights hold: the artifact must not need it
+        config["quantizer"] = {**quantizer, "init_codebook_path": None}
     tokenizer = tokenizer_from_config(config, source=f"{ckpt_path} (vqkit_config.model)")
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
