@@ -59,36 +59,47 @@ def gq_rows(label: str, tok, texts: Sequence[str], model_mode: bool) -> list[Row
     return rows
 
 
-def empirical_variant(tok, train_texts: Sequence[str], max_rows: int):
-    """The same network with each code's most frequent training segment as its vocabulary entry."""
-    import numpy as np
-    import torch
-
-    from vqkit.data.text import text_rows
+def exported_variant(tok, counts, strings: str, vocab_size: int | None, prune: str = "usage", train_rows=None):
+    """The same network exported again: ``strings`` per code, pruned to ``vocab_size`` by ``prune`` (text_vocab)."""
     from vqkit.tokenizers.text import GQTokenizer
+    from vqkit.tokenizers.text_vocab import vocabulary_from_counts
 
-    rows = text_rows([t.encode() for t in train_texts], tok.row_len, tok.segmentation)
-    keep = np.random.default_rng(0).permutation(rows.shape[0])[:max_rows]
-    vocab_rows = torch.from_numpy(rows[np.sort(keep)].astype("int64"))
-    return GQTokenizer.from_model(tok.model, tok.segmentation, tok.row_len, "vocab", vocab_rows=vocab_rows)
+    vocab = vocabulary_from_counts(tok.model, counts, strings, vocab_size, prune, train_rows)
+    return GQTokenizer(vocab, tok.segmentation, tok.max_token_len, "vocab", tok.model, tok.row_len)
 
 
 def compare(artifacts: dict[str, str | Path], train_texts: Sequence[str], test_texts: Sequence[str],
-            model_mode: bool = True, empirical_rows: int = 0) -> list[Row]:
-    """All rows: each artifact in its modes (and its empirical-vocabulary variant), then BPE at each
-    vocabulary size that occurred."""
+            model_mode: bool = True, empirical_rows: int = 0, vocab_sizes: Sequence[int] = (),
+            vocab_rows: int = 100_000) -> list[Row]:
+    """All rows: each artifact in its modes, its empirical-vocabulary variant (``empirical_rows`` > 0), its
+    vocabularies pruned to each of ``vocab_sizes`` (decoded strings by usage and by gate cuts, empirical strings
+    by gate cuts, on ``vocab_rows`` training rows), then BPE at each vocabulary size that occurred."""
     import vqkit
+    from vqkit.tokenizers.text_vocab import sample_rows, segment_counts
 
     rows: list[Row] = []
     sizes: list[int] = []
+    train_bytes = [t.encode() for t in train_texts]
     for label, path in artifacts.items():
         tok = vqkit.load_tokenizer(path)
         rows.extend(gq_rows(label + " decoded-code vocab", tok, test_texts, model_mode))
         sizes.append(tok.vocab_size)
-        if empirical_rows and tok.model is not None:
-            variant = empirical_variant(tok, train_texts, empirical_rows)
+        if tok.model is None:
+            continue
+        if empirical_rows:
+            counts = segment_counts(tok.model, sample_rows(train_bytes, tok.row_len, tok.segmentation, empirical_rows))
+            variant = exported_variant(tok, counts, "empirical", None)
             rows.extend(gq_rows(label + " empirical vocab", variant, test_texts, model_mode))
             sizes.append(variant.vocab_size)
+        if vocab_sizes:
+            train_rows = sample_rows(train_bytes, tok.row_len, tok.segmentation, vocab_rows)
+            counts = segment_counts(tok.model, train_rows)
+        for size in vocab_sizes:
+            for strings, prune in (("decoded", "usage"), ("decoded", "gates"), ("empirical", "gates")):
+                variant = exported_variant(tok, counts, strings, size, prune, train_rows)
+                rows.extend(gq_rows(f"{label} {strings} vocab, {size} by {prune}", variant, test_texts,
+                                    model_mode=False))
+                sizes.append(variant.vocab_size)
     for size in dict.fromkeys(sizes):
         bpe = train_byte_level_bpe(train_texts, size)
         rows.append(measure(f"BPE (HF byte-level, {bpe.get_vocab_size()})", bpe.get_vocab_size(),
@@ -113,6 +124,13 @@ def write(rows: list[Row], out_dir: Path, stem: str, note: str) -> tuple[Path, P
     return csv_path, md_path
 
 
+def short_names(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(label, path): each artifact's folder name, with its parent's when two folders share a name."""
+    names = [Path(p).name for p in paths]
+    return [(Path(p).name if names.count(Path(p).name) == 1 else f"{Path(p).parent.name}/{Path(p).name}", p)
+            for p in paths]
+
+
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gq", action="append", default=[], metavar="DIR", help="GQ tokenizer artifact (repeatable)")
@@ -120,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     parser.add_argument("--no-model-mode", action="store_true", help="skip the (slow) model-segmentation mode")
     parser.add_argument("--empirical-rows", type=int, default=0,
                         help="also build each code's most frequent segment on this many training rows as vocabulary")
+    parser.add_argument("--vocab-sizes", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                        help="also export each GQ model pruned to these vocabulary sizes (comma-separated)")
+    parser.add_argument("--vocab-rows", type=int, default=100_000,
+                        help="training rows the pruned vocabularies count segments on")
     parser.add_argument("--max-train-bytes", type=int, default=None, help="truncate each training work (smoke runs)")
     parser.add_argument("--max-test-bytes", type=int, default=None, help="truncate each held-out work (smoke runs)")
     parser.add_argument("--stem", default="text_compression", help="output file stem")
@@ -132,8 +154,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     splits = shakespeare_splits()
     train = [d[: args.max_train_bytes].decode("utf-8", errors="ignore") for d in splits.train]
     test = [d[: args.max_test_bytes].decode("utf-8", errors="ignore") for d in splits.test]
-    artifacts = {f"GQ {Path(p).name}": p for p in args.gq} | {f"fixed VQ {Path(p).name}": p for p in args.fixed}
-    rows = compare(artifacts, train, test, model_mode=not args.no_model_mode, empirical_rows=args.empirical_rows)
+    artifacts = {f"GQ {name}": p for name, p in short_names(args.gq)}
+    artifacts |= {f"fixed VQ {name}": p for name, p in short_names(args.fixed)}
+    rows = compare(artifacts, train, test, model_mode=not args.no_model_mode, empirical_rows=args.empirical_rows,
+                   vocab_sizes=args.vocab_sizes, vocab_rows=args.vocab_rows)
     load = os.getloadavg()
     note = (f"Held-out: Shakespeare test works ({sum(len(t.encode()) for t in test)} bytes). "
             f"Load average during the run: {load[0]:.1f} on {os.cpu_count()} cores (throughput is indicative only). "

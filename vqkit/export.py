@@ -32,7 +32,13 @@ from vqkit.tokenizers import FORMAT, FORMAT_VERSION, PARTS, Tokenizer, tokenizer
 
 log = logging.getLogger("vqkit.export")
 
-USAGE = "usage: python -m vqkit.export ckpt_path=PATH out=DIR [allow_pickle=false] [modality=auto]"
+USAGE = (
+    "usage: python -m vqkit.export ckpt_path=PATH out=DIR [allow_pickle=false] [modality=auto]\n"
+    "  text (GQ-VAE) checkpoints also take: [vocab_size=N] [vocab_prune=usage|gates]\n"
+    "  [vocab_strings=decoded|empirical] [vocab_rows=100000]\n"
+    "  [vocab_text=PATH[,PATH...]] (default: the training split of the run's own data config)"
+)
+TEXT_OPTIONS = ("vocab_size", "vocab_prune", "vocab_strings", "vocab_rows", "vocab_text")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
@@ -127,7 +133,8 @@ def is_text_checkpoint(checkpoint: dict[str, Any]) -> bool:
 
 
 def export_tokenizer(
-    ckpt_path: str | os.PathLike, out: str | os.PathLike, allow_pickle: bool = False, modality: str = "auto"
+    ckpt_path: str | os.PathLike, out: str | os.PathLike, allow_pickle: bool = False, modality: str = "auto",
+    **text_options: Any,
 ) -> Tokenizer:
     """Write the tokenizer artifact of a checkpoint into the directory ``out``.
 
@@ -136,6 +143,8 @@ def export_tokenizer(
         out: the artifact directory (created; its config.json and model.safetensors are replaced).
         allow_pickle: see ``load_checkpoint``.
         modality: the tokenizer class the artifact loads as.
+        **text_options: for text checkpoints, ``vocab_size``, ``strings``, ``prune``, ``vocab_rows``, ``vocab_text`` of
+            ``vqkit.tokenizers.text.export_text_checkpoint``; refused for other checkpoints.
 
     Returns:
         the exported tokenizer, in eval mode.
@@ -148,7 +157,11 @@ def export_tokenizer(
     if is_text_checkpoint(checkpoint):  # GQ-VAE text tokenizers export a vocabulary (vqkit.tokenizers.text)
         from vqkit.tokenizers.text import export_text_checkpoint
 
-        return export_text_checkpoint(checkpoint, ckpt_path, out)
+        return export_text_checkpoint(checkpoint, ckpt_path, out, **text_options)
+    if text_options:
+        raise ValueError(
+            f"{', '.join(sorted(text_options))} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one"
+        )
     config = artifact_config(checkpoint, ckpt_path, modality)
     quantizer = config["quantizer"]
     if isinstance(quantizer, dict) and quantizer.get("init_codebook_path"):
@@ -184,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     options = {"allow_pickle": "false", "modality": "auto"}
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or key not in ("ckpt_path", "out", *options):
-            return _usage_error(f"expected key=value with key in ckpt_path, out, {', '.join(options)}; got {arg!r}")
+        if not sep or key not in ("ckpt_path", "out", *options, *TEXT_OPTIONS):
+            return _usage_error(
+                f"expected key=value with key in ckpt_path, out, {', '.join((*options, *TEXT_OPTIONS))}; got {arg!r}"
+            )
         options[key] = value
     missing = [key for key in ("ckpt_path", "out") if not options.get(key)]
     if missing:
@@ -193,9 +208,24 @@ def main(argv: list[str] | None = None) -> int:
     allow_pickle = options["allow_pickle"].lower()
     if allow_pickle not in _TRUE + _FALSE:
         return _usage_error(f"allow_pickle must be true or false, got {options['allow_pickle']!r}")
+    text_options: dict[str, Any] = {}
+    try:
+        for key in ("vocab_size", "vocab_rows"):
+            if key in options:
+                text_options[key] = int(options[key])
+    except ValueError:
+        return _usage_error(f"vocab_size and vocab_rows are integers, got {options.get('vocab_size')!r}, "
+                            f"{options.get('vocab_rows')!r}")
+    if "vocab_strings" in options:
+        text_options["strings"] = options["vocab_strings"]
+    if "vocab_prune" in options:
+        text_options["prune"] = options["vocab_prune"]
+    if "vocab_text" in options:
+        text_options["vocab_text"] = [p for p in options["vocab_text"].split(",") if p]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        tokenizer = export_tokenizer(options["ckpt_path"], options["out"], allow_pickle in _TRUE, options["modality"])
+        tokenizer = export_tokenizer(options["ckpt_path"], options["out"], allow_pickle in _TRUE, options["modality"],
+                                     **text_options)
     except (OSError, ValueError, pickle.UnpicklingError) as err:
         print(f"vqkit.export: error: {err}", file=sys.stderr)
         return 1

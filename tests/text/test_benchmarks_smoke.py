@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from vqkit.tokenizers.text import GQTokenizer, build_vocabulary
+from vqkit.tokenizers.text import GQTokenizer
+from vqkit.tokenizers.text_vocab import build_vocabulary
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vqkit
-from vqkit.tokenizers.text import GQTokenizer, build_vocabulary, tokenizer_from_model_config
+from vqkit.tokenizers.text import GQTokenizer, tokenizer_from_model_config
+from vqkit.tokenizers.text_vocab import build_vocabulary
 
 SCRIPTS = [
     "",

@@ -361,3 +361,30 @@ class TinyStoriesDataModule(ByteTextDataModule):
         valid = self._stories(valid_file)
         half = len(valid) // 2
         return TextSplits(self._stories(train_file, self.max_train_bytes), valid[:half], valid[half:])
+
+
+TEXT_DATA_MODULES = {cls.__name__: cls for cls in (ShakespeareDataModule, TextFilesDataModule, TinyStoriesDataModule)}
+
+
+def training_documents(data_config: dict) -> list[bytes]:
+    """The training documents of a run's ``data`` config (as stored in its checkpoint), without Hydra.
+
+    Only vqkit's text data modules are built (their ``_target_`` is checked against ``TEXT_DATA_MODULES``), so a
+    checkpoint's config cannot make this call run other code.
+
+    Raises:
+        ValueError: the config names no vqkit text data module, or its options do not fit it.
+    """
+    target = str((data_config or {}).get("_target_", ""))
+    name = target.rsplit(".", 1)[-1]
+    if not target.startswith("vqkit.data") or name not in TEXT_DATA_MODULES:
+        raise ValueError(
+            f"data config target {target or '(none)'!r} is not a vqkit text data module "
+            f"({', '.join(TEXT_DATA_MODULES)}); give the training text explicitly (vocab_text=PATH)"
+        )
+    options = {k: v for k, v in data_config.items() if not k.startswith("_")}
+    try:
+        module = TEXT_DATA_MODULES[name](**options)
+    except TypeError as err:
+        raise ValueError(f"the data config does not fit {name}: {err}") from err
+    return module.load_splits().train

@@ -1,9 +1,11 @@
 """GQTokenizer: a trained GQ-VAE as a lossless, deterministic text tokenizer (drop-in for BPE).
 
-Vocabulary (exported once from a checkpoint): ids 0..255 are the single bytes (the fallback that
-makes every string encodable); ids 256.. are the distinct multi-byte strings the codes decode to,
-each code decoded alone with the length head choosing how many bytes it stands for (codes that
-decode to a single byte or to a string already listed add nothing). Decoding is concatenation.
+Vocabulary (exported once from a checkpoint, ``vqkit.tokenizers.text_vocab``): ids 0..255 are the
+single bytes (the fallback that makes every string encodable); ids 256.. are the distinct multi-byte
+strings the codes stand for: by default each code decoded alone with the length head choosing how many
+bytes it stands for (codes that decode to a single byte or to a string already listed add nothing);
+optionally pruned to a chosen vocabulary size by the tokens each string saves on training text.
+Decoding is concatenation.
 
 Encoding, two modes (``mode``), both lossless for every string:
 
@@ -44,6 +46,7 @@ from vqkit.tokenizers.artifact import (
     register_tokenizer,
     write_atomically,
 )
+from vqkit.tokenizers.text_vocab import fewest_pieces, model_vocabulary, sample_rows
 
 VOCAB_NAME = "vocab.json"
 HF_NAME = "tokenizer.json"
@@ -87,42 +90,6 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
-
-
-@torch.no_grad()
-def empirical_code_strings(model, rows: torch.Tensor, batch_size: int = 4096) -> list[bytes]:
-    """For each code, the segment it most often ends on ``rows`` (B, T) as the network segments them.
-
-    An alternative to decoding each code alone (``model.code_strings``): the string a code stands for in
-    practice. Codes never chosen at a token end are left out. Ties go to the string seen first.
-    """
-    from collections import Counter
-
-    from vqkit.modalities.text_gq import segment_lengths
-
-    model = getattr(model, "model", model).eval()
-    device = next(model.parameters()).device
-    counts: dict[int, Counter] = {}
-    for start in range(0, rows.shape[0], batch_size):
-        batch = rows[start : start + batch_size].to(device)
-        boundaries, indices, _ = model.segment(batch)
-        lengths = segment_lengths(boundaries)
-        for r, t in boundaries.nonzero().tolist():
-            n = int(lengths[r, t])
-            piece = bytes(batch[r, t - n + 1 : t + 1].tolist())
-            counts.setdefault(int(indices[r, t]), Counter())[piece] += 1
-    return [counts[code].most_common(1)[0][0] for code in sorted(counts)]
-
-
-def build_vocabulary(code_strings: Iterable[bytes]) -> list[bytes]:
-    """The 256 single bytes, then each distinct multi-byte string in order of first appearance."""
-    vocab = [bytes([b]) for b in range(256)]
-    seen = set(vocab)
-    for piece in code_strings:
-        if len(piece) > 1 and piece not in seen:
-            seen.add(piece)
-            vocab.append(piece)
-    return vocab
 
 
 @register_tokenizer
@@ -204,19 +171,7 @@ class GQTokenizer:
     # --- encoding ---------------------------------------------------------------------------------
     def _segment_bytes(self, data: bytes) -> tuple[int, ...]:
         """Fewest vocabulary ids whose bytes concatenate to ``data`` (ties: longest first piece)."""
-        n, k = len(data), self.max_piece_len
-        best = [0] * (n + 1)
-        for i in range(n - 1, -1, -1):
-            best[i] = 1 + min(best[i + length] for length in range(1, min(k, n - i) + 1)
-                              if length == 1 or data[i : i + length] in self.ids)
-        ids, i = [], 0
-        while i < n:
-            for length in range(min(k, n - i), 0, -1):
-                if (length == 1 or data[i : i + length] in self.ids) and best[i + length] == best[i] - 1:
-                    ids.append(self.ids[data[i : i + length]])
-                    i += length
-                    break
-        return tuple(ids)
+        return fewest_pieces(data, self.ids, self.max_piece_len)
 
     def _model_segments(self, pieces: list[bytes]) -> list[bytes]:
         """Bytes of the segments the network makes of ``pieces`` (rows of ``row_len`` bytes per piece)."""
@@ -364,17 +319,22 @@ class GQTokenizer:
 
     @classmethod
     def from_model(cls, model, segmentation: str = "within", row_len: int = 16, mode: str = "vocab",
-                   config: dict[str, Any] | None = None, vocab_rows: torch.Tensor | None = None) -> GQTokenizer:
+                   config: dict[str, Any] | None = None, vocab_rows: torch.Tensor | None = None,
+                   strings: str = "decoded", vocab_size: int | None = None, prune: str = "usage") -> GQTokenizer:
         """Export the vocabulary of a trained ``GatedTextAutoencoder`` (or a ``GQModule``).
 
         Args:
-            vocab_rows: None (default, the paper's export): each code decoded alone by the decoder and its
-                length head. Byte rows (B, row_len): each code's most frequent segment on them instead
-                (``empirical_code_strings``).
+            vocab_rows: training byte rows (R, row_len) to count the network's segments on; needed for
+                ``strings="empirical"`` and ``vocab_size`` (``vqkit.tokenizers.text_vocab.sample_rows``).
+            strings: ``decoded`` (default, the paper's export: each code decoded alone) or ``empirical``
+                (each code's most frequent segment on ``vocab_rows``).
+            vocab_size: None (default): every distinct code string. N: the 256 bytes and N - 256 of the code
+                strings, those that save the most tokens on ``vocab_rows``.
+            prune: ``usage`` (default: by the tokens each entry saves when the rows are encoded) or ``gates``
+                (by how often the network's gates cut it); see ``vqkit.tokenizers.text_vocab``.
         """
         model = getattr(model, "model", model).eval()
-        strings = model.code_strings() if vocab_rows is None else empirical_code_strings(model, vocab_rows)
-        vocab = build_vocabulary(strings)
+        vocab = model_vocabulary(model, strings, vocab_rows, vocab_size, prune)
         return cls(vocab, segmentation, model.max_token_len, mode, model, row_len, config)
 
 
@@ -413,22 +373,42 @@ def build_autoencoder(model_config: dict[str, Any], source: str):
     return GatedTextAutoencoder(parts["encoder"], parts["quantizer"], parts["decoder"], parts["gate"], **options)
 
 
-def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str | os.PathLike) -> GQTokenizer:
+def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str | os.PathLike,
+                           vocab_size: int | None = None, strings: str = "decoded", prune: str = "usage",
+                           vocab_rows: int = 100_000, vocab_text: Sequence[str | os.PathLike] | None = None,
+                           ) -> GQTokenizer:
     """Write the GQTokenizer artifact of a ``vqkit.train`` checkpoint of ``GQModule`` into ``out``.
 
+    Args:
+        vocab_size, strings, prune: see ``GQTokenizer.from_model`` (defaults: the paper's export, no text needed).
+        vocab_rows: how many training rows (a seeded random subset) to count segments on when needed.
+        vocab_text: files/folders of training text; None = the training split of the run's own data config.
+
     Raises:
-        ValueError: the checkpoint's weights do not fit the model of its stored config.
+        ValueError: the checkpoint's weights do not fit the model of its stored config, or the training
+            text cannot be read.
     """
     run_config = checkpoint.get("vqkit_config") or {}
     data_config = run_config.get("data") or {}
+    segmentation = data_config.get("segmentation", "within")
+    row_len = int(data_config.get("row_len", 16))
     state = {k[len("model."):]: v for k, v in (checkpoint.get("state_dict") or {}).items() if k.startswith("model.")}
     try:
         tokenizer = tokenizer_from_model_config(
-            dict(run_config.get("model") or {}), data_config.get("segmentation", "within"),
-            int(data_config.get("row_len", 16)), "vocab", state,
+            dict(run_config.get("model") or {}), segmentation, row_len, "vocab", state
         )
     except RuntimeError as err:
         raise ValueError(f"the weights of {ckpt_path} do not fit the model of its vqkit_config: {err}") from err
+    if vocab_size is not None or strings != "decoded":
+        from vqkit.data.text import read_documents, training_documents
+
+        documents = read_documents(vocab_text) if vocab_text else training_documents(data_config)
+        rows = sample_rows(documents, row_len, segmentation, vocab_rows)
+        tokenizer = GQTokenizer.from_model(tokenizer.model, segmentation, row_len, "vocab", tokenizer.extra_config,
+                                           vocab_rows=rows, strings=strings, vocab_size=vocab_size, prune=prune)
+        tokenizer.extra_config["vocabulary"] = {
+            "strings": strings, "requested_size": vocab_size, "prune": prune, "rows": int(rows.shape[0]),
+        }
     tokenizer.extra_config["training"] = {
         "checkpoint": ckpt_path.name, "step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
     }
