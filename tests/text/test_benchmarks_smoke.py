@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
+from tests.benchmarks import load_benchmark as load
 from vqkit.tokenizers.text import GQTokenizer
 from vqkit.tokenizers.text_vocab import build_vocabulary
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from .test_tokenizer import model_tokenizer
 
 
 def artifact(tmp_path: Path) -> Path:
@@ -37,6 +27,19 @@ def test_text_compression_smoke(tmp_path: Path) -> None:
     assert gq.bytes_per_token > 1.0 and rows[1].tokens == gq.tokens  # the HF export segments as the DP does
     with (tmp_path / "text_compression.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 3
+
+
+def test_text_compression_exports_each_vocabulary_size(tmp_path: Path) -> None:
+    bench = load("text_compression")
+    art = model_tokenizer().save(tmp_path / "gq-model")
+    rows = bench.main(["--gq", str(art), "--no-model-mode", "--vocab-sizes", "258,260", "--vocab-rows", "300",
+                       "--max-train-bytes", "3000", "--max-test-bytes", "1000", "--out-dir", str(tmp_path)])
+    assert all(r.lossless for r in rows)
+    pruned = [r for r in rows if " by " in r.tokenizer and "(vocab DP)" in r.tokenizer]
+    assert [r.tokenizer.split(" vocab, ")[1] for r in pruned] == [
+        f"{n} by {rule} (vocab DP)" for n in (258, 260) for rule in ("usage", "gates", "gates")]
+    assert all(r.vocab_size <= int(r.tokenizer.split(" vocab, ")[1].split()[0]) for r in pruned)
+    assert any(r.tokenizer.startswith("BPE") and r.vocab_size == 258 for r in rows)
 
 
 def test_text_lm_smoke(tmp_path: Path) -> None:
