@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from vqkit.modalities.text_bytes import PAD_ID, SEGMENTATIONS, byte_pieces, rows_from_pieces
+from vqkit.modalities.text_bytes import SEGMENTATIONS, byte_pieces, rows_from_pieces
 from vqkit.tokenizers.artifact import (
     CONFIG_NAME,
     FORMAT,
@@ -46,7 +46,7 @@ from vqkit.tokenizers.artifact import (
     register_tokenizer,
     write_atomically,
 )
-from vqkit.tokenizers.text_vocab import fewest_pieces, model_vocabulary, sample_rows
+from vqkit.tokenizers.text_vocab import fewest_pieces, model_vocabulary, network_segments, sample_rows
 
 VOCAB_NAME = "vocab.json"
 HF_NAME = "tokenizer.json"
@@ -176,20 +176,7 @@ class GQTokenizer:
     def _model_segments(self, pieces: list[bytes]) -> list[bytes]:
         """Bytes of the segments the network makes of ``pieces`` (rows of ``row_len`` bytes per piece)."""
         rows = torch.from_numpy(rows_from_pieces(pieces, self.row_len).astype("int64"))
-        device = next(self.model.parameters()).device
-        segments: list[bytes] = []
-        for start in range(0, rows.shape[0], 4096):
-            batch = rows[start : start + 4096].to(device)
-            boundaries, _, _ = self.model.segment(batch)
-            for row, ends in zip(batch.cpu().tolist(), boundaries.cpu().tolist(), strict=True):
-                begin = 0
-                for t, (value, end) in enumerate(zip(row, ends, strict=True)):
-                    if value == PAD_ID:
-                        break
-                    if end:
-                        segments.append(bytes(row[begin : t + 1]))
-                        begin = t + 1
-        return segments
+        return [piece for _, piece in network_segments(self.model, rows)]
 
     def encode_bytes(self, data: bytes) -> list[int]:
         """Ids of arbitrary bytes (valid UTF-8 or not); ``decode_bytes`` gives ``data`` back."""

@@ -22,7 +22,7 @@ The size of the vocabulary (``vocab_size``):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -93,26 +93,34 @@ def prune_by_usage(vocab: list[bytes], pieces: Mapping[bytes, int], vocab_size: 
 
 
 @torch.no_grad()
-def segment_counts(model, rows: torch.Tensor, batch_size: int = 4096) -> dict[int, Counter]:
-    """For each code, how often the network's gates cut each byte string ending on that code.
+def network_segments(model, rows: torch.Tensor, batch_size: int = 4096) -> Iterator[tuple[int, bytes]]:
+    """(code, bytes) of every token the network cuts in ``rows`` (R, row_len), row by row, left to right.
 
     Args:
         model: a ``GatedTextAutoencoder`` (or a module holding one as ``.model``).
-        rows: byte rows (R, row_len) as the data modules build them (``vqkit.data.text.text_rows``).
+        rows: byte rows as the data modules build them (``vqkit.data.text.text_rows``), PAD after each row's end.
     """
+    from vqkit.modalities.text_bytes import PAD_ID
     from vqkit.modalities.text_gq import segment_lengths
 
     model = getattr(model, "model", model).eval()
     device = next(model.parameters()).device
-    counts: dict[int, Counter] = {}
     for start in range(0, rows.shape[0], batch_size):
         batch = rows[start : start + batch_size].to(device)
         boundaries, indices, _ = model.segment(batch)
+        boundaries = boundaries & (batch != PAD_ID)
         lengths = segment_lengths(boundaries).cpu()
         batch, indices = batch.cpu(), indices.cpu()
-        for r, t in boundaries.nonzero().tolist():
+        for r, t in boundaries.nonzero().tolist():  # row-major: tokens in reading order
             n = int(lengths[r, t])
-            counts.setdefault(int(indices[r, t]), Counter())[bytes(batch[r, t - n + 1 : t + 1].tolist())] += 1
+            yield int(indices[r, t]), bytes(batch[r, t - n + 1 : t + 1].tolist())
+
+
+def segment_counts(model, rows: torch.Tensor, batch_size: int = 4096) -> dict[int, Counter]:
+    """For each code, how often the network's gates cut each byte string ending on that code (``network_segments``)."""
+    counts: dict[int, Counter] = {}
+    for code, piece in network_segments(model, rows, batch_size):
+        counts.setdefault(code, Counter())[piece] += 1
     return counts
 
 
