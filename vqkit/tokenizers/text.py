@@ -330,8 +330,11 @@ _HEADER_KEYS = ("format", "format_version", "vqkit_version", "modality", "vocab_
 
 
 def tokenizer_from_model_config(model_config: dict[str, Any], segmentation: str = "within", row_len: int = 16,
-                                 mode: str = "vocab", state_dict: dict[str, Any] | None = None) -> GQTokenizer:
+                                 mode: str = "vocab", state_dict: dict[str, Any] | None = None,
+                                 **vocab_options: Any) -> GQTokenizer:
     """The tokenizer of a model config (``_target_`` parts + options) with ``state_dict`` loaded (strict).
+
+    ``vocab_options`` (``vocab_rows``, ``strings``, ``vocab_size``, ``prune``) go to ``GQTokenizer.from_model``.
 
     Raises:
         UnsafeConfigError: a part names something other than a vqkit module.
@@ -342,7 +345,7 @@ def tokenizer_from_model_config(model_config: dict[str, Any], segmentation: str 
         model.load_state_dict(state_dict, strict=True)
     stored = {name: model_config.get(name) for name in MODEL_PARTS}
     stored.update({k: model_config[k] for k in AUTOENCODER_OPTIONS if k in model_config})
-    return GQTokenizer.from_model(model, segmentation, row_len, mode, {"model": stored})
+    return GQTokenizer.from_model(model, segmentation, row_len, mode, {"model": stored}, **vocab_options)
 
 
 def build_autoencoder(model_config: dict[str, Any], source: str):
@@ -380,21 +383,23 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
     segmentation = data_config.get("segmentation", "within")
     row_len = int(data_config.get("row_len", 16))
     state = {k[len("model."):]: v for k, v in (checkpoint.get("state_dict") or {}).items() if k.startswith("model.")}
-    try:
-        tokenizer = tokenizer_from_model_config(
-            dict(run_config.get("model") or {}), segmentation, row_len, "vocab", state
-        )
-    except RuntimeError as err:
-        raise ValueError(f"the weights of {ckpt_path} do not fit the model of its vqkit_config: {err}") from err
+    vocab_options: dict[str, Any] = {}
     if vocab_size is not None or strings != "decoded":
         from vqkit.data.text import read_documents, training_documents
 
         documents = read_documents(vocab_text) if vocab_text else training_documents(data_config)
         rows = sample_rows(documents, row_len, segmentation, vocab_rows)
-        tokenizer = GQTokenizer.from_model(tokenizer.model, segmentation, row_len, "vocab", tokenizer.extra_config,
-                                           vocab_rows=rows, strings=strings, vocab_size=vocab_size, prune=prune)
+        vocab_options = {"vocab_rows": rows, "strings": strings, "vocab_size": vocab_size, "prune": prune}
+    try:
+        tokenizer = tokenizer_from_model_config(
+            dict(run_config.get("model") or {}), segmentation, row_len, "vocab", state, **vocab_options
+        )
+    except RuntimeError as err:
+        raise ValueError(f"the weights of {ckpt_path} do not fit the model of its vqkit_config: {err}") from err
+    if vocab_options:
         tokenizer.extra_config["vocabulary"] = {
-            "strings": strings, "requested_size": vocab_size, "prune": prune, "rows": int(rows.shape[0]),
+            "strings": strings, "requested_size": vocab_size, "prune": prune,
+            "rows": int(vocab_options["vocab_rows"].shape[0]),
         }
     tokenizer.extra_config["training"] = {
         "checkpoint": ckpt_path.name, "step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
