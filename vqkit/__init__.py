@@ -1,14 +1,16 @@
 """vqkit: vector-quantization tokenizers for text, images and audio."""
 
 from vqkit.quantizers import QuantizerOutput, build_quantizer, list_quantizers
-from vqkit.tokenizers import ImageTokenizer, Tokenizer, load_tokenizer
+from vqkit.models import AudioTokenizer, ImageTokenizer, TokenizerModel
+from vqkit.tokenizers import load_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioTokenizer",
     "ImageTokenizer",
     "QuantizerOutput",
-    "Tokenizer",
+    "TokenizerModel",
     "__version__",
     "build_quantizer",
     "list_quantizers",

@@ -1,7 +1,8 @@
 """Train a tokenizer from Hydra configs: ``python -m vqkit.train quantizer=ema_vq data=imagenet data.root=...``.
 
-compose -> instantiate data, model, callbacks, loggers, trainer -> fit -> test ->
-one summary line saying where the checkpoint, config, metrics and samples are.
+compose -> run the ``prepare`` steps -> instantiate data, model (the tokenizer), module (its training),
+callbacks, loggers, trainer -> fit -> test -> one summary line saying where the checkpoint, config,
+metrics and samples are.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ def _latest_samples(callbacks: list[Any]) -> str | None:
     return None
 
 
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The training module of a run config: ``cfg.module`` around the tokenizer ``cfg.model``, config attached."""
+    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    module.attach_config(resolved_config(cfg))
+    return module
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final metrics and the paths of its outputs."""
     started = time.time()
@@ -112,25 +120,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         config_path = output_dir / "config.resumed.yaml"
     config_path.write_text(OmegaConf.to_yaml(resolved))
 
+    for step in cfg.get("prepare") or []:
+        instantiate(step)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    model.attach_config(resolved)
+    module = build_module(cfg)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     if cfg.get("seed") is not None:
         callbacks.append(ReproducibleEpochs(cfg.seed))
     loggers = instantiate_collection(cfg.get("logger"))
     trainer_overrides: dict[str, Any] = {}
-    if not model.automatic_optimization and cfg.trainer.get("gradient_clip_val") is not None:
+    if not module.automatic_optimization and cfg.trainer.get("gradient_clip_val") is not None:
         # Lightning refuses automatic clipping with manual optimization; such modules clip by themselves.
         log.info("manual optimization: trainer.gradient_clip_val ignored, the model clips its own gradients")
         trainer_overrides["gradient_clip_val"] = None
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
 
     # vqkit checkpoints hold tensors and plain data only: resuming never runs the full unpickler.
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     checkpoint = save_final_checkpoint(trainer)
     if cfg.get("test") and not trainer.fast_dev_run:
-        trainer.test(model, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     samples = _latest_samples(callbacks)

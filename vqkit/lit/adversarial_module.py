@@ -1,4 +1,8 @@
-"""AdversarialTokenizerModule: TokenizerModule + perceptual loss + PatchGAN discriminator (VQGAN recipe).
+"""AdversarialTokenizerModule: TokenizerModule + a discriminator (VQGAN / EnCodec recipes).
+
+Only the adversarial part lives here: the discriminator, its loss and LeCAM regulariser, the adaptive
+weight and the two-optimizer manual step. Perceptual (LPIPS), reconstruction, spectral and REPA terms
+are ordinary entries of ``losses:`` (see TokenizerModule), so LPIPS works without a GAN too.
 
 Steps. Each training batch makes one generator update and, from ``disc_start`` on, one
 discriminator update. Lightning's ``trainer.global_step`` counts the calls to
@@ -8,7 +12,7 @@ way would advance it by 1 per batch before ``disc_start`` and by 2 after (and
 through the strategy directly (same precision/strategy handling, no step count), so:
 
 * ``trainer.global_step`` = generator updates = training batches, as with TokenizerModule;
-* ``trainer.max_steps`` = training batches; LR schedules, checkpoint names, logging and
+* ``trainer.max_steps`` = training batches; LR schedules, loss warm-ups, checkpoint names, logging and
   ``disc_start`` all use that count; a resumed run continues from it;
 * ``disc_start = N``: batches ``0 .. N-1`` train the generator only (no discriminator
   forward); from batch ``N`` on the generator gets the adversarial term and the
@@ -42,29 +46,18 @@ from vqkit.losses.adversarial import (
     discriminator_loss,
     generator_loss,
 )
-from vqkit.quantizers.base import QuantizerOutput
-
-
-def _drop_perceptual_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    for key in [k for k in state_dict if k.startswith(f"{prefix}perceptual.")]:
-        del state_dict[key]
-
-
-def _fill_perceptual_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    for key, value in module.perceptual.state_dict(prefix=f"{prefix}perceptual.").items():
-        state_dict.setdefault(key, value)
 
 
 class AdversarialTokenizerModule(TokenizerModule):
-    """Tokenizer trained on reconstruction + quantizer + perceptual + adversarial losses.
+    """Tokenizer trained on its loss terms + an adversarial loss.
 
     Generator update (every batch)::
 
-        base  = TokenizerModule's loss (reconstruction + quantizer [+ alignment]) + w_p(step) * perceptual
+        base  = TokenizerModule's loss (weighted terms at this step + quantizer loss)
         total = base + [step >= disc_start] * disc_weight * lambda * g_loss(D(x_hat))
         lambda = ||grad_W base|| / (||grad_W g_loss|| + 1e-4)   (W: decoder's last weight; 1 if not adaptive)
 
-    Only the reconstruction and perceptual terms reach the decoder's output layer, so
+    Only the reconstruction-side terms reach the decoder's output layer, so
     ``grad_W base`` is VQGAN's ``grad_W nll``.
 
     Discriminator update (from ``disc_start`` on)::
@@ -72,21 +65,13 @@ class AdversarialTokenizerModule(TokenizerModule):
         d_total = d_loss(D(x), D(sg(x_hat))) + lecam_weight * lecam
 
     ``x_hat`` is the reconstruction of the generator update of the same batch. A weight of
-    0 (``disc_weight``, ``perceptual_weight``, ``lecam_weight``) means the term is computed
-    and logged but not optimized. The perceptual module is frozen, kept in eval mode and left
-    out of state dicts and checkpoints (it is rebuilt from its config; loading keeps its weights).
-    Validation/test ``loss`` includes the perceptual term at its full weight (no
-    warm-up), so ``val/loss`` is comparable across the run.
+    0 (``disc_weight``, ``lecam_weight``) means the term is computed and logged but not optimized.
 
     Args:
         discriminator: maps normalized data to logits (e.g. ``NLayerDiscriminator``).
         disc_optimizer: factory of the discriminator's optimizer over its parameters.
         disc_scheduler: optional discriminator LR schedule ``(optimizer, total_steps=...)``,
             over ``max_steps - disc_start`` steps.
-        perceptual: optional frozen module ``(x_hat, x) -> per-sample distances`` on the
-            normalized data (images in [-1, 1]), e.g. ``vqkit.losses.perceptual.LPIPS``.
-        perceptual_weight: weight of the mean perceptual distance.
-        perceptual_warmup_steps: the weight ramps linearly from 0 over these many steps.
         disc_weight: weight of the generator's adversarial loss (times the adaptive weight).
         disc_start: first step (training batch) with the adversarial terms.
         gan_loss: ``"hinge"`` or ``"non_saturating"`` (for both networks).
@@ -96,8 +81,8 @@ class AdversarialTokenizerModule(TokenizerModule):
         gradient_clip_val: max gradient norm of each optimizer's parameters; None or 0: no clipping.
         last_layer: name of the decoder parameter for the adaptive weight; None: the last
             decoder parameter with 2 or more dimensions (its output convolution).
-        **kwargs: TokenizerModule's arguments (encoder, decoder, quantizer, loss, optimizer
-            and scheduler of the generator, metrics, data normalization, ...).
+        **kwargs: TokenizerModule's arguments (model, losses, optimizer and scheduler of the generator,
+            metrics, param_groups).
     """
 
     def __init__(
@@ -105,9 +90,6 @@ class AdversarialTokenizerModule(TokenizerModule):
         discriminator: nn.Module,
         disc_optimizer: OptimizerFactory,
         disc_scheduler: SchedulerFactory | None = None,
-        perceptual: nn.Module | None = None,
-        perceptual_weight: float = 1.0,
-        perceptual_warmup_steps: int = 0,
         disc_weight: float = 0.2,
         disc_start: int = 0,
         gan_loss: GanLoss = "hinge",
@@ -119,30 +101,16 @@ class AdversarialTokenizerModule(TokenizerModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if min(perceptual_weight, disc_weight, lecam_weight) < 0:
-            raise ValueError(
-                f"loss weights must be >= 0, got perceptual_weight={perceptual_weight}, "
-                f"disc_weight={disc_weight}, lecam_weight={lecam_weight}"
-            )
+        if min(disc_weight, lecam_weight) < 0:
+            raise ValueError(f"loss weights must be >= 0, got disc_weight={disc_weight}, lecam_weight={lecam_weight}")
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"unknown gan_loss {gan_loss!r}; expected one of {GAN_LOSSES}")
-        if disc_start < 0 or perceptual_warmup_steps < 0:
-            raise ValueError(
-                f"disc_start ({disc_start}) and perceptual_warmup_steps ({perceptual_warmup_steps}) must be >= 0"
-            )
+        if disc_start < 0:
+            raise ValueError(f"disc_start must be >= 0, got {disc_start}")
         self.automatic_optimization = False
         self.discriminator = discriminator
         self.disc_optimizer_factory = disc_optimizer
         self.disc_scheduler_factory = disc_scheduler
-        self.perceptual = perceptual
-        if perceptual is not None:
-            perceptual.requires_grad_(False).eval()
-            # Frozen and rebuilt from its own weights file: keep it out of state dicts (a VGG16 LPIPS adds ~60 MB
-            # to each checkpoint); loading takes its weights from the live module.
-            self.register_state_dict_post_hook(_drop_perceptual_state)
-            self.register_load_state_dict_pre_hook(_fill_perceptual_state)
-        self.perceptual_weight = perceptual_weight
-        self.perceptual_warmup_steps = perceptual_warmup_steps
         self.disc_weight = disc_weight
         self.disc_start = disc_start
         self.gan_loss = gan_loss
@@ -150,68 +118,34 @@ class AdversarialTokenizerModule(TokenizerModule):
         self.lecam_weight = lecam_weight
         self.lecam = LeCAMRegularizer(lecam_decay)
         self.gradient_clip_val = gradient_clip_val
-        weights = [name for name, p in self.decoder.named_parameters() if p.ndim >= 2]
+        decoder = self.model.decoder
+        weights = [name for name, p in decoder.named_parameters() if p.ndim >= 2]
         if last_layer is None:
             last_layer = weights[-1]
-        elif last_layer not in dict(self.decoder.named_parameters()):
+        elif last_layer not in dict(decoder.named_parameters()):
             raise ValueError(f"last_layer {last_layer!r} is not a decoder parameter; its weights are {weights}")
         self.last_layer = last_layer
-
-    # --- the model --------------------------------------------------------------------
-    def train(self, mode: bool = True) -> AdversarialTokenizerModule:
-        """Switch the mode of every submodule except the perceptual network, which stays in eval."""
-        super().train(mode)
-        if self.perceptual is not None:
-            self.perceptual.eval()
-        return self
-
-    def perceptual_weight_at(self, step: int) -> float:
-        """The perceptual weight after a linear warm-up of ``perceptual_warmup_steps``."""
-        if self.perceptual_warmup_steps == 0:
-            return self.perceptual_weight
-        return self.perceptual_weight * min(step / self.perceptual_warmup_steps, 1.0)
-
-    def _losses(
-        self, x_norm: Tensor, perceptual_weight: float | None = None
-    ) -> tuple[Tensor, Tensor, QuantizerOutput, dict[str, Tensor]]:
-        """TokenizerModule's losses plus the perceptual term (``perceptual_weight`` None: the full weight)."""
-        total, x_hat, q, logs = super()._losses(x_norm)
-        if self.perceptual is not None:
-            weight = self.perceptual_weight if perceptual_weight is None else perceptual_weight
-            distance = self.perceptual(x_hat.float(), x_norm.float()).float().mean()
-            logs["perceptual"] = distance.detach()
-            if weight > 0:
-                total = total + weight * distance
-                logs["loss"] = total.detach()
-        return total, x_hat, q, logs
 
     # --- training ---------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
         step = self.global_step  # generator updates so far; the generator's step below increments it
         x = self._data(batch)
-        x_norm = self.normalize(x)
         opt_g, opt_d = self.optimizers()
         adversarial = step >= self.disc_start
 
         with self.toggled_optimizer(opt_g):
-            w_p = self.perceptual_weight_at(step)
-            total, x_hat, _, logs = self._losses(x_norm, w_p)
-            if self.perceptual is not None:
-                logs["perceptual_weight"] = torch.tensor(w_p)
+            total, out, logs = self.compute_losses(x, step)
+            x_hat = out.reconstruction
             if adversarial:
                 g_loss = generator_loss(self.discriminator(x_hat), self.gan_loss)
                 if self.adaptive_weight:
-                    weight = adaptive_generator_weight(total, g_loss, self.decoder.get_parameter(self.last_layer))
+                    weight = adaptive_generator_weight(total, g_loss, self.model.decoder.get_parameter(self.last_layer))
                 else:
                     weight = torch.ones((), device=g_loss.device)
                 if self.disc_weight > 0:
                     total = total + self.disc_weight * weight * g_loss
                 logs.update({"g_loss": g_loss.detach(), "adaptive_weight": weight, "loss": total.detach()})
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"non-finite generator loss at step {step}: {({k: float(v) for k, v in logs.items()})}. "
-                    "Lower the learning rates, the disc_weight, or model.gradient_clip_val, or check the data."
-                )
+            self.check_finite(total, logs, "generator loss")
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(total)
             self._clip(opt_g)
@@ -219,9 +153,9 @@ class AdversarialTokenizerModule(TokenizerModule):
         self._step_scheduler(opt_g.optimizer)
 
         if adversarial:
-            logs.update(self._discriminator_step(opt_d.optimizer, x_norm, x_hat.detach(), step))
-        self.log("train/loss", logs.pop("loss"), prog_bar=True, batch_size=x.shape[0])
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=x.shape[0])
+            real = self.model.normalize(x)
+            logs.update(self._discriminator_step(opt_d.optimizer, real, x_hat.detach(), step))
+        self.log_train(logs, out, x.shape[0])
 
     def _discriminator_step(self, optimizer: Optimizer, real: Tensor, fake: Tensor, step: int) -> dict[str, Tensor]:
         """One discriminator update on data and detached reconstructions; returns its logs."""
@@ -242,7 +176,7 @@ class AdversarialTokenizerModule(TokenizerModule):
             if not torch.isfinite(d_total):
                 raise FloatingPointError(
                     f"non-finite discriminator loss at step {step}: {({k: float(v) for k, v in logs.items()})}. "
-                    "Lower the discriminator's learning rate (model.disc_optimizer.lr) or enable gradient clipping."
+                    "Lower the discriminator's learning rate (module.disc_optimizer.lr) or enable gradient clipping."
                 )
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(d_total)
@@ -263,16 +197,12 @@ class AdversarialTokenizerModule(TokenizerModule):
                 config.scheduler.step()
 
     # --- optimization -----------------------------------------------------------------
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """The generator's groups (see TokenizerModule), without the discriminator's parameters."""
-        excluded = {id(p) for p in self.discriminator.parameters()}
-        return [
-            {**group, "params": [p for p in group["params"] if id(p) not in excluded]}
-            for group in super().parameter_groups()
-        ]
+    def trainable_parameters(self):
+        """The generator's parameters (see TokenizerModule), without the discriminator's."""
+        return ((name, p) for name, p in super().trainable_parameters() if not name.startswith("discriminator."))
 
     def configure_optimizers(self) -> Any:
-        opt_g = self.optimizer_factory(self.parameter_groups())
+        opt_g = self.build_optimizer(self.optimizer_factory, self.parameter_groups())
         opt_d = self.disc_optimizer_factory(self.discriminator.parameters())
         total = int(self.trainer.estimated_stepping_batches)
         schedulers = []

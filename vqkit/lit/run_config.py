@@ -27,12 +27,16 @@ class RunConfigMixin:
     run_config: dict[str, Any] | None = None
 
     def attach_config(self, config: dict[str, Any]) -> None:
-        """Keep the resolved run config; it is written into every checkpoint."""
+        """Keep the resolved run config (written into every checkpoint); the model keeps its own subtree."""
         self.run_config = copy.deepcopy(config)
+        model = getattr(self, "model", None)
+        if model is not None and isinstance(config.get("model"), dict):
+            model.config = copy.deepcopy(config["model"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["vqkit_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.run_config = checkpoint.get("vqkit_config", self.run_config)
+        if "vqkit_config" in checkpoint:
+            self.attach_config(checkpoint["vqkit_config"])

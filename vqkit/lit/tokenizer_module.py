@@ -1,8 +1,16 @@
-"""TokenizerModule: encoder -> quantizer -> decoder, trained on reconstruction + quantizer loss."""
+"""TokenizerModule: trains a ``TokenizerModel`` on named, weighted loss terms from config.
+
+    total = sum_{name, weight_at(step) > 0} weight_at(step) * term(batch)  +  quantizer loss
+
+Every term is logged unweighted as ``<stage>/<name>`` (a weight of 0 means computed and logged, not
+optimized); the quantizer's own parts as ``<stage>/quantizer/<part>``. Validation and test losses use
+the full weights (no warm-up), so ``val/loss`` is comparable across a run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -12,174 +20,212 @@ from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
 
 from vqkit.lit.run_config import RunConfigMixin, batch_data
+from vqkit.losses.base import LossInputs, LossTerm
+from vqkit.metrics.base import ModelOutputMetric
 from vqkit.metrics.codebook import CodebookUsage
-from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.models.base import ModelOutput, TokenizerModel
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 class TokenizerModule(RunConfigMixin, L.LightningModule):
-    """Trains any encoder/decoder pair of a modality with any quantizer.
-
-    The encoder maps normalized data to tokens ``(B, N, D)`` plus whatever shape
-    information its decoder needs (``encoder(x) -> (tokens, shape)``,
-    ``decoder(tokens, shape) -> x_hat``).
+    """Trains any tokenizer model (any modality, any quantizer) on the loss terms of its config.
 
     Args:
-        encoder: modality encoder.
-        decoder: modality decoder.
-        quantizer: any backend of the quantizer contract.
-        loss: reconstruction loss ``(x_hat, x) -> (total, terms)``.
+        model: the tokenizer model (``vqkit.models``); it is what the artifact exports.
         optimizer: factory over parameter groups (Hydra ``_partial_``), e.g. AdamW.
+        losses: name -> ``LossTerm``; a ``None`` entry is dropped (``module.losses.l2=null``).
         scheduler: optional factory ``(optimizer, total_steps=...) -> LRScheduler``, stepped per optimizer step.
-        metrics: reconstruction metrics ``metric(x_hat, x)`` on data in its natural range,
-            computed on the validation and test splits.
-        data_key: the batch entry holding the data.
-        data_mean: subtracted from the data before the encoder.
-        data_std: the data is divided by it before the encoder (images: 0.5/0.5 -> [-1, 1]).
-        data_range: clamp range of reconstructions in the natural scale, None for no clamp.
-        repa: optional representation alignment ``repa(z_q, data) -> loss`` (``vqkit.losses.repa``).
-        repa_weight: its weight; 0 = computed and logged only.
+        metrics: name -> metric on the validation and test splits. torchmetrics metrics get
+            ``update(reconstruction, data)`` in the data's natural range; ``ModelOutputMetric`` subclasses
+            get ``update(model_output, data)``.
+        param_groups: overrides of the optimizer settings, a list of ``{match, lr_scale, weight_decay}``:
+            the first entry whose regular expression ``match`` is found in a parameter's name (as
+            ``model.quantizer.embedding``) sets that parameter's learning-rate multiplier and/or weight decay.
+            Parameters no entry matches follow the one rule: weight decay on weight matrices and kernels only,
+            none on norms, biases, embeddings, learned positions/tokens (``*pos_embed``, ``*_token(s)``) and the
+            quantizer.
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        quantizer: Quantizer,
-        loss: nn.Module,
+        model: TokenizerModel,
         optimizer: OptimizerFactory,
+        losses: Mapping[str, LossTerm | None] | None = None,
         scheduler: SchedulerFactory | None = None,
         metrics: Mapping[str, Metric] | None = None,
-        data_key: str = "image",
-        data_mean: float = 0.5,
-        data_std: float = 0.5,
-        data_range: tuple[float, float] | None = (0.0, 1.0),
-        repa: nn.Module | None = None,
-        repa_weight: float = 0.1,
+        param_groups: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
-        latent_dim = getattr(encoder, "latent_dim", quantizer.dim)
-        if latent_dim != quantizer.dim:
-            raise ValueError(
-                f"the encoder's latent_dim ({latent_dim}) differs from the quantizer's dim ({quantizer.dim}); "
-                "set quantizer.dim=${model.encoder.latent_dim} (the default) or make them equal."
-            )
-        self.encoder = encoder
-        self.decoder = decoder
-        self.quantizer = quantizer
-        self.loss = loss
+        self.model = model
+        terms = {name: term for name, term in dict(losses or {}).items() if term is not None}
+        for name, term in terms.items():
+            if not isinstance(term, LossTerm):
+                raise TypeError(f"losses.{name} must be a vqkit.losses.LossTerm, got {type(term).__name__}")
+        self.losses = nn.ModuleDict(terms)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.data_key = data_key
-        self.data_mean = data_mean
-        self.data_std = data_std
-        self.data_range = tuple(data_range) if data_range is not None else None
-        self.repa = repa
-        self.repa_weight = repa_weight
-        collection = MetricCollection(dict(metrics or {}))
-        self.val_metrics = collection.clone(prefix="val/")
-        self.test_metrics = collection.clone(prefix="test/")
-        stages = getattr(quantizer, "num_stages", None)  # residual quantizers: usage per stage
-        self.val_usage = CodebookUsage(quantizer.codebook_size, num_stages=stages)
-        self.test_usage = CodebookUsage(quantizer.codebook_size, num_stages=stages)
+        self.param_group_rules = [dict(rule) for rule in (param_groups or [])]
+        for rule in self.param_group_rules:
+            unknown = set(rule) - {"match", "lr_scale", "weight_decay"}
+            if "match" not in rule or unknown:
+                raise ValueError(f"param_groups entries are {{match, lr_scale, weight_decay}}, got {rule}")
+        metrics = dict(metrics or {})
+        data_metrics = {k: m for k, m in metrics.items() if not isinstance(m, ModelOutputMetric)}
+        output_metrics = {k: m for k, m in metrics.items() if isinstance(m, ModelOutputMetric)}
+        self.val_metrics = MetricCollection(data_metrics).clone(prefix="val/")
+        self.test_metrics = MetricCollection(data_metrics).clone(prefix="test/")
+        self.val_output_metrics = MetricCollection(output_metrics).clone(prefix="val/")
+        self.test_output_metrics = MetricCollection(output_metrics).clone(prefix="test/")
+        stages = getattr(model.quantizer, "num_stages", None)  # residual quantizers: usage per stage
+        self.val_usage = CodebookUsage(model.codebook_size, num_stages=stages)
+        self.test_usage = CodebookUsage(model.codebook_size, num_stages=stages)
 
-    # --- the model --------------------------------------------------------------------
+    # --- data -------------------------------------------------------------------------------------
     def _data(self, batch: Any) -> Tensor:
-        return batch_data(batch, self.data_key)
+        """The model's data entry of a batch (used by the sample callbacks too)."""
+        return batch_data(batch, self.model.data_key)
 
-    def normalize(self, x: Tensor) -> Tensor:
-        return (x - self.data_mean) / self.data_std
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        x = x.float() * self.data_std + self.data_mean
-        return x.clamp(*self.data_range) if self.data_range is not None else x
-
-    def forward(self, x_norm: Tensor) -> tuple[Tensor, QuantizerOutput]:
-        """Normalized data -> (normalized reconstruction, quantizer output)."""
-        tokens, shape = self.encoder(x_norm)
-        q = self.quantizer(tokens)
-        return self.decoder(q.z_q, shape), q
-
-    @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Data in its natural range -> reconstruction in the same range (eval mode not forced)."""
-        x_hat, _ = self(self.normalize(x))
-        return self.denormalize(x_hat)
+        return self.model.reconstruct(x)
 
-    # --- steps ------------------------------------------------------------------------
-    def _losses(self, x_norm: Tensor) -> tuple[Tensor, Tensor, QuantizerOutput, dict[str, Tensor]]:
-        x_hat, q = self(x_norm)
-        rec, rec_terms = self.loss(x_hat, x_norm)
-        total = rec + q.loss
-        logs = {"loss": total.detach(), "rec": rec.detach()}
-        logs.update({f"rec/{k}": v for k, v in rec_terms.items()})
-        logs.update({f"quantizer/{k}": v for k, v in q.losses.items()})
-        logs.update({f"codebook/batch_{k}": v for k, v in q.metrics.items()})
-        if self.repa is not None:
-            repa = self.repa(q.z_q, x_norm * self.data_std + self.data_mean)
-            total = total + self.repa_weight * repa
-            logs.update({"repa": repa.detach(), "loss": total.detach()})
-        return total, x_hat, q, logs
+    # --- losses -----------------------------------------------------------------------------------
+    def compute_losses(self, x: Tensor, step: int | None) -> tuple[Tensor, ModelOutput, dict[str, Tensor]]:
+        """``(total, model output, logs)`` for data ``x`` in its natural range.
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = self._data(batch)
-        total, _, _, logs = self._losses(self.normalize(x))
+        Args:
+            x: a batch of data in its natural range.
+            step: the training step (weights follow their warm-up); None: full weights (validation/test).
+        """
+        inputs = self.model.normalize(x)
+        out = self.model(inputs)
+        batch = LossInputs(inputs=inputs, data=x, output=out)
+        weighted: list[Tensor] = []
+        logs: dict[str, Tensor] = {}
+        for name, term in self.losses.items():
+            value = term(batch)
+            value, parts = value if isinstance(value, tuple) else (value, {})
+            logs[name] = value.detach()
+            logs.update({f"{name}/{part}": v.detach() for part, v in parts.items()})
+            weight = term.weight_at(step)
+            if term.warmup_steps and step is not None:
+                logs[f"{name}/weight"] = torch.tensor(weight)
+            if weight > 0:
+                weighted.append(value if weight == 1.0 else weight * value)
+        total = out.quantized.loss
+        for value in weighted:
+            total = value + total
+        logs.update({f"quantizer/{k}": v for k, v in out.quantized.losses.items()})
+        logs["loss"] = total.detach()
+        return total, out, logs
+
+    def check_finite(self, total: Tensor, logs: Mapping[str, Tensor], what: str = "training loss") -> None:
+        """Stop with the loss parts named when ``total`` is NaN/Inf."""
         if not torch.isfinite(total):
             raise FloatingPointError(
-                f"non-finite training loss at step {self.global_step}: {({k: float(v) for k, v in logs.items()})}. "
+                f"non-finite {what} at step {self.global_step}: {({k: float(v) for k, v in logs.items()})}. "
                 "Lower the learning rate, enable gradient clipping (trainer.gradient_clip_val) or check the data."
             )
-        self.log("train/loss", logs.pop("loss"), prog_bar=True, batch_size=x.shape[0])
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=x.shape[0])
+
+    def log_train(self, logs: dict[str, Tensor], out: ModelOutput, batch_size: int) -> None:
+        self.log("train/loss", logs.pop("loss"), prog_bar=True, batch_size=batch_size)
+        logs.update({f"codebook/batch_{k}": v for k, v in out.quantized.metrics.items()})
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=batch_size)
+
+    # --- steps ------------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = self._data(batch)
+        total, out, logs = self.compute_losses(x, self.global_step)
+        self.check_finite(total, logs)
+        self.log_train(logs, out, x.shape[0])
         return total
 
-    def _eval_step(self, batch: Any, stage: str, metrics: MetricCollection, usage: CodebookUsage) -> None:
+    def _eval_step(self, batch: Any, stage: str) -> None:
         x = self._data(batch)
-        _, x_hat, q, logs = self._losses(self.normalize(x))
-        keep = ("loss", "rec") + tuple(k for k in logs if k.startswith(("rec/", "quantizer/", "repa", "perceptual")))
-        self.log_dict({f"{stage}/{k}": logs[k] for k in keep}, sync_dist=True, batch_size=x.shape[0])
-        metrics.update(self.denormalize(x_hat), x.float())
-        usage.update(q.indices)
+        _, out, logs = self.compute_losses(x, None)
+        logs = {k: v for k, v in logs.items() if not k.endswith("/weight")}
+        self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=x.shape[0])
+        data_metrics = getattr(self, f"{stage}_metrics")
+        if len(data_metrics):
+            data_metrics.update(self.model.denormalize(out.reconstruction), x.float())
+        output_metrics = getattr(self, f"{stage}_output_metrics")
+        if len(output_metrics):
+            output_metrics.update(out, x)
+        getattr(self, f"{stage}_usage").update(out.quantized.indices)
 
-    def _eval_epoch_end(self, stage: str, metrics: MetricCollection, usage: CodebookUsage) -> None:
-        values = metrics.compute()
+    def _eval_epoch_end(self, stage: str) -> None:
+        values: dict[str, Tensor] = {}
+        for name in ("metrics", "output_metrics"):
+            collection = getattr(self, f"{stage}_{name}")
+            if len(collection):
+                values.update(collection.compute())
+                collection.reset()
+        usage = getattr(self, f"{stage}_usage")
         values.update({f"{stage}/codebook/{k}": v for k, v in usage.compute().items()})
+        usage.reset()
         per_stage = {k: v for k, v in values.items() if "/stage" in k}  # residual quantizers: logged, not shown
         self.log_dict({k: v for k, v in values.items() if k not in per_stage}, prog_bar=stage == "val")
         self.log_dict(per_stage)
-        metrics.reset()
-        usage.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics, self.val_usage)
+        self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val", self.val_metrics, self.val_usage)
+        self._eval_epoch_end("val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics, self.test_usage)
+        self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test", self.test_metrics, self.test_usage)
+        self._eval_epoch_end("test")
 
-    # --- optimization -----------------------------------------------------------------
+    # --- optimization -----------------------------------------------------------------------------
+    def trainable_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        """The (name, parameter) pairs the main optimizer trains (subclasses leave out their own networks)."""
+        return ((name, p) for name, p in self.named_parameters() if p.requires_grad)
+
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on weight matrices and kernels only: not on norms, biases, learned
-        positional embeddings / tokens (``*pos_embed``, ``*_token(s)``) or the quantizer."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
+        """Optimizer groups: [decayed, not decayed] by the one rule, then one group per ``param_groups`` entry.
+
+        Each group may carry ``lr_scale`` (applied to its learning rate by ``configure_optimizers``).
+        """
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        overridden: list[list[nn.Parameter]] = [[] for _ in self.param_group_rules]
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        for name, p in self.trainable_parameters():
+            rule = next((i for i, r in enumerate(self.param_group_rules) if re.search(r["match"], name)), None)
+            if rule is not None:
+                overridden[rule].append(p)
                 continue
             leaf = name.rsplit(".", 1)[-1]
-            exempt = p.ndim < 2 or name.startswith("quantizer.") or leaf.endswith(("pos_embed", "_token", "_tokens"))
+            exempt = (
+                p.ndim < 2
+                or id(p) in embeddings
+                or name.startswith("model.quantizer.")
+                or leaf.endswith(("pos_embed", "_token", "_tokens"))
+            )
             (no_decay if exempt else decay).append(p)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        for rule, params in zip(self.param_group_rules, overridden, strict=True):
+            if params:
+                groups.append({"params": params, **{k: v for k, v in rule.items() if k != "match"}})
+        return groups
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        optimizer = self.build_optimizer(self.optimizer_factory, self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @staticmethod
+    def build_optimizer(factory: OptimizerFactory, groups: list[dict[str, Any]]) -> Optimizer:
+        """The optimizer over ``groups``, each group's ``lr_scale`` folded into its learning rate."""
+        optimizer = factory(groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.pop("lr_scale", 1.0)
+            group["initial_lr"] = group["lr"]
+        return optimizer

@@ -1,5 +1,6 @@
-"""Training losses; each returns (weighted total, dict of unweighted terms for logging)."""
+"""Named loss terms (``LossTerm``): the entries of a training module's ``losses:`` mapping."""
 
-from vqkit.losses.reconstruction import ReconstructionLoss
+from vqkit.losses.base import LossInputs, LossTerm
+from vqkit.losses.reconstruction import L1, L2
 
-__all__ = ["ReconstructionLoss"]
+__all__ = ["L1", "L2", "LossInputs", "LossTerm"]

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vqkit.assets import LPIPS_VGG16, resolve_weights
+from vqkit.losses.base import LossInputs, LossTerm
 
 # LPIPS v0.1 input scaling (applied to images in [-1, 1]).
 SHIFT = (-0.030, -0.088, -0.188)
@@ -90,3 +91,34 @@ class LPIPS(nn.Module):
                     lin = self.lins[TAPS.index(index)]
                     distance = distance + lin((fx - fy).square()).mean(dim=(1, 2, 3))
         return distance
+
+
+class LPIPSLoss(LossTerm):
+    """The perceptual term: mean LPIPS distance between the reconstruction and its input (images in [-1, 1]).
+
+    The network is frozen, stays in eval mode and is kept out of state dicts and checkpoints (a VGG16
+    LPIPS would add ~60 MB to each); loading a checkpoint keeps the weights it was built with.
+
+    Args:
+        weight, warmup_steps: see ``LossTerm`` (SoftVQ-VAE: 1.0 with a 10k-step warm-up).
+        weights_path: see ``LPIPS``.
+    """
+
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, weights_path: str | Path | None = None) -> None:
+        super().__init__(weight, warmup_steps)
+        self.net = LPIPS(weights_path)
+        self.register_state_dict_post_hook(_drop_net_state)
+        self.register_load_state_dict_pre_hook(_fill_net_state)
+
+    def forward(self, batch: LossInputs) -> Tensor:
+        return self.net(batch.output.reconstruction.float(), batch.inputs.float()).float().mean()
+
+
+def _drop_net_state(module: nn.Module, state_dict: dict, prefix: str, local_metadata: object) -> None:
+    for key in [k for k in state_dict if k.startswith(f"{prefix}net.")]:
+        del state_dict[key]
+
+
+def _fill_net_state(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    for key, value in module.net.state_dict(prefix=f"{prefix}net.").items():
+        state_dict.setdefault(key, value)

@@ -1,32 +1,29 @@
-"""Pixel/sample-space reconstruction loss with per-term weights."""
+"""Pixel/sample-space reconstruction terms, in the model's (normalized) input space."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from vqkit.losses.base import LossInputs, LossTerm
 
 
-class ReconstructionLoss(nn.Module):
-    """Weighted sum of L1 and L2 between a reconstruction and its target.
+def _pair(batch: LossInputs) -> tuple[Tensor, Tensor]:
+    reconstruction, target = batch.output.reconstruction, batch.inputs
+    if reconstruction.shape != target.shape:
+        raise ValueError(f"reconstruction {tuple(reconstruction.shape)} and target {tuple(target.shape)} differ")
+    return reconstruction.float(), target.float()
 
-    A term whose weight is 0 is still computed and logged, but not optimized.
 
-    Args:
-        l1: weight of the mean absolute error.
-        l2: weight of the mean squared error.
-    """
+class L1(LossTerm):
+    """Mean absolute error between the reconstruction and its (normalized) input."""
 
-    def __init__(self, l1: float = 1.0, l2: float = 0.0) -> None:
-        super().__init__()
-        if l1 < 0 or l2 < 0:
-            raise ValueError(f"loss weights must be >= 0, got l1={l1}, l2={l2}")
-        self.weights = {"l1": l1, "l2": l2}
+    def forward(self, batch: LossInputs) -> Tensor:
+        return F.l1_loss(*_pair(batch))
 
-    def forward(self, reconstruction: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        if reconstruction.shape != target.shape:
-            raise ValueError(f"reconstruction {tuple(reconstruction.shape)} and target {tuple(target.shape)} differ")
-        reconstruction, target = reconstruction.float(), target.float()
-        terms = {"l1": F.l1_loss(reconstruction, target), "l2": F.mse_loss(reconstruction, target)}
-        total = torch.stack([w * terms[k] for k, w in self.weights.items()]).sum()
-        return total, {k: v.detach() for k, v in terms.items()}
+
+class L2(LossTerm):
+    """Mean squared error between the reconstruction and its (normalized) input."""
+
+    def forward(self, batch: LossInputs) -> Tensor:
+        return F.mse_loss(*_pair(batch))

@@ -16,19 +16,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqkit.layers.feature_encoder import FrozenFeatureEncoder
+from vqkit.losses.base import LossInputs, LossTerm
 
 
-class RepresentationAlignment(nn.Module):
-    """``loss(tokens, images)`` = -mean cos(MLP(tokens), features(images)).
+class RepresentationAlignment(LossTerm):
+    """The REPA term: -mean cos(MLP(z_q), features(images)) over tokens.
 
     Args:
         token_dim: width of the tokens.
         feature_encoder: the frozen encoder giving the target features.
         hidden_dim: width of the MLP's hidden layers.
+        weight, warmup_steps: see ``LossTerm`` (SoftVQ-VAE: 0.1).
     """
 
-    def __init__(self, token_dim: int, feature_encoder: FrozenFeatureEncoder, hidden_dim: int = 512) -> None:
-        super().__init__()
+    def __init__(self, token_dim: int, feature_encoder: FrozenFeatureEncoder, hidden_dim: int = 512,
+                 weight: float = 0.1, warmup_steps: int = 0) -> None:
+        super().__init__(weight, warmup_steps)
         self.feature_encoder = feature_encoder
         self.projector = nn.Sequential(
             nn.Linear(token_dim, hidden_dim), nn.SiLU(),
@@ -49,7 +52,10 @@ class RepresentationAlignment(nn.Module):
             return grid.flatten(2).transpose(1, 2)
         return F.adaptive_avg_pool1d(features.transpose(1, 2), n).transpose(1, 2)
 
-    def forward(self, tokens: Tensor, images: Tensor) -> Tensor:
+    def forward(self, batch: LossInputs) -> Tensor:
+        return self.alignment(batch.output.quantized.z_q, batch.data)
+
+    def alignment(self, tokens: Tensor, images: Tensor) -> Tensor:
         """Tokens (B, N, D) and images in [0, 1] (B, 3, H, W) -> scalar loss in [-1, 1]."""
         with torch.autocast(device_type=tokens.device.type, enabled=False):
             target = self.match_count(self.feature_encoder(images), tokens.shape[1])

@@ -23,9 +23,14 @@ import torch
 from torch import Tensor, nn
 from torchaudio.transforms import MelSpectrogram
 
+from vqkit.losses.base import LossInputs, LossTerm
 
-class MultiScaleMelLoss(nn.Module):
-    """``(x_hat (B, 1, T), x (B, 1, T)) -> (weighted total, {term: unweighted value})``.
+
+class MultiScaleMelLoss(LossTerm):
+    """The multi-scale mel term: ``distance(x_hat (B, 1, T), x (B, 1, T)) -> (weighted sum, {part: value})``.
+
+    Its value is the sum of its parts weighted by ``mel_l1`` .. ``waveform_l1``; the module multiplies it by
+    ``weight``. Every part is logged (``<name>/mel_l1``, ...).
 
     Args:
         sample_rate: Hz of the waveforms (sets the mel scale).
@@ -36,6 +41,7 @@ class MultiScaleMelLoss(nn.Module):
         log_mel_l1: weight of the log-mel L1 term.
         waveform_l1: weight of the sample-domain L1 term.
         log_eps: floor added before the log.
+        weight, warmup_steps: see ``LossTerm``.
     """
 
     def __init__(
@@ -48,8 +54,10 @@ class MultiScaleMelLoss(nn.Module):
         log_mel_l1: float = 1.0,
         waveform_l1: float = 0.1,
         log_eps: float = 1e-5,
+        weight: float = 1.0,
+        warmup_steps: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(weight, warmup_steps)
         if not windows or min(windows) < 8:
             raise ValueError(f"windows must be STFT lengths >= 8 samples, got {list(windows)}")
         weights = {"mel_l1": mel_l1, "mel_l2": mel_l2, "log_mel_l1": log_mel_l1, "waveform_l1": waveform_l1}
@@ -72,7 +80,11 @@ class MultiScaleMelLoss(nn.Module):
             for w in self.windows
         )
 
-    def forward(self, x_hat: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, batch: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.distance(batch.output.reconstruction, batch.inputs)
+
+    def distance(self, x_hat: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(weighted sum of the parts, unweighted parts) between two waveform batches of one shape."""
         if x_hat.shape != x.shape or x.dim() not in (2, 3):
             raise ValueError(
                 f"expected reconstruction and target waveforms of one shape (B, 1, T), got {tuple(x_hat.shape)} "

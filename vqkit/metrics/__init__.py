@@ -1,6 +1,7 @@
 """Evaluation metrics (torchmetrics: states are summed across processes)."""
 
+from vqkit.metrics.base import ModelOutputMetric
 from vqkit.metrics.codebook import CodebookUsage
 from vqkit.metrics.latent_stats import LatentStatistics
 
-__all__ = ["CodebookUsage", "LatentStatistics"]
+__all__ = ["CodebookUsage", "LatentStatistics", "ModelOutputMetric"]

@@ -1,10 +1,11 @@
-"""Trained tokenizers as artifacts; importing this package registers every modality.
+"""Trained tokenizers as artifacts: ``load_tokenizer`` (the safe loader) and the text tokenizer.
 
-    >>> tok = load_tokenizer("artifacts/photos-f4")
+    >>> tok = load_tokenizer("artifacts/photos-f4")   # an ImageTokenizer model (vqkit.models)
     >>> ids = tok.encode(images)   # (B, 3, H, W) in [0, 1] -> int64 (B, H/f, W/f), or (B, N) for 1-D models
     >>> recon = tok.decode(ids)    # -> (B, 3, H, W) in [0, 1]
 """
 
+from vqkit.models import AudioTokenizer, ImageTokenizer, TokenizerModel, as_image_batch
 from vqkit.tokenizers.artifact import (
     CONFIG_NAME,
     FORMAT,
@@ -15,9 +16,6 @@ from vqkit.tokenizers.artifact import (
     load_tokenizer,
     register_tokenizer,
 )
-from vqkit.tokenizers.audio import AudioTokenizer
-from vqkit.tokenizers.base import PARTS, Tokenizer, tokenizer_from_config
-from vqkit.tokenizers.image import ImageTokenizer, as_image_batch
 from vqkit.tokenizers.text import GQTokenizer
 
 __all__ = [
@@ -26,14 +24,12 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "GQTokenizer",
-    "PARTS",
     "TOKENIZER_CLASSES",
     "WEIGHTS_NAME",
     "ImageTokenizer",
-    "Tokenizer",
+    "TokenizerModel",
     "UnsafeConfigError",
     "as_image_batch",
     "load_tokenizer",
     "register_tokenizer",
-    "tokenizer_from_config",
 ]

@@ -1,4 +1,4 @@
-"""Waveforms <-> codes: the artifact class of the audio modality.
+"""The audio tokenizer model: waveforms <-> codes.
 
     >>> tok = load_tokenizer("artifacts/speech-rvq")
     >>> codes = tok.encode("speech.wav")        # int64 (1, N, S): N frames x S residual stages
@@ -16,15 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vqkit.models.base import TokenizerModel
 from vqkit.quantizers.base import Quantizer
-from vqkit.tokenizers.artifact import register_tokenizer
-from vqkit.tokenizers.base import Tokenizer
 
 AudioInput = Tensor | str | os.PathLike
 
 
-@register_tokenizer
-class AudioTokenizer(Tokenizer):
+class AudioTokenizer(TokenizerModel):
     """Mono waveforms <-> codes at the encoder's frame rate.
 
     Waveforms are float in [-1, 1] at ``sample_rate``: a batch (B, 1, T) or (B, T), one clip (T,)
@@ -44,24 +42,19 @@ class AudioTokenizer(Tokenizer):
         encoder: waveform encoder ``(B, 1, T) -> (tokens (B, N, D), T)`` with ``sample_rate`` and ``hop_length``.
         decoder: waveform decoder ``(tokens, T) -> (B, 1, T)``.
         quantizer: any backend of the quantizer contract (residual: multi-stage ids).
-        config: the artifact config; ``config["data"]`` holds ``mean``, ``std``, ``range`` and ``key``.
+        normalization: ``{mean, std, range}``; waveforms in [-1, 1] pass unchanged by default.
     """
 
     modality = "audio"
+    data_key = "audio"
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer, config: dict[str, Any]) -> None:
-        super().__init__(encoder, decoder, quantizer, config)
-        data = config.get("data")
-        if not isinstance(data, dict) or not {"mean", "std", "range"} <= data.keys():
-            raise ValueError(f"an audio tokenizer config needs data: {{mean, std, range, key}}, got {data!r}")
-        if not data["std"]:
-            raise ValueError("data.std must not be 0")
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer,
+                 normalization: dict[str, Any] | None = None) -> None:
+        normalization = {"mean": 0.0, "std": 1.0, "range": (-1.0, 1.0), **dict(normalization or {})}
         for name in ("sample_rate", "hop_length"):
             if not hasattr(encoder, name):
                 raise ValueError(f"{type(encoder).__name__} has no {name}: not a waveform encoder")
-        self.data_mean = data["mean"]
-        self.data_std = data["std"]
-        self.data_range = tuple(data["range"]) if data["range"] is not None else None
+        super().__init__(encoder, decoder, quantizer, normalization)
         self.sample_rate = int(encoder.sample_rate)
         self.hop_length = int(encoder.hop_length)
 
@@ -91,7 +84,7 @@ class AudioTokenizer(Tokenizer):
     def encode(self, audio: AudioInput, num_stages: int | None = None) -> Tensor:
         """Waveforms -> ids (B, N) / (B, N, S) for hard quantizers, tokens (B, N, D) for soft ones."""
         x = self.as_waveform_batch(audio)
-        tokens, _ = self.encoder(self._normalize(x.to(self.device)))
+        tokens, _ = self.encoder(self.normalize(x.to(self.device)))
         if num_stages is not None and self.quantizer.num_stages is None:
             raise ValueError("num_stages applies to residual (multi-stage) quantizers only")
         kwargs = {} if num_stages is None else {"num_stages": num_stages}
@@ -122,7 +115,7 @@ class AudioTokenizer(Tokenizer):
         if length is not None and not 0 < length <= tokens.shape[1] * self.hop_length:
             raise ValueError(f"length {length} does not fit {tokens.shape[1]} frames of {self.hop_length} samples")
         wave = self.decoder(tokens, length)
-        return self._denormalize(wave)
+        return self.denormalize(wave)
 
     def as_waveform_batch(self, audio: AudioInput) -> Tensor:
         """A float batch (B, 1, T) at ``sample_rate`` from a tensor or an audio file path.
@@ -158,9 +151,3 @@ class AudioTokenizer(Tokenizer):
             )
         return audio.float()
 
-    def _normalize(self, x: Tensor) -> Tensor:
-        return (x - self.data_mean) / self.data_std
-
-    def _denormalize(self, x: Tensor) -> Tensor:
-        x = x.float() * self.data_std + self.data_mean
-        return x.clamp(*self.data_range) if self.data_range is not None else x

@@ -1,4 +1,4 @@
-"""Images <-> tokens: the artifact class for 2-D (grid) and 1-D (sequence) image models."""
+"""The image tokenizer model: 2-D (grid) and 1-D (sequence) image models, with images <-> tokens."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from vqkit.models.base import TokenizerModel
 from vqkit.quantizers.base import Quantizer
-from vqkit.tokenizers.artifact import register_tokenizer
-from vqkit.tokenizers.base import Tokenizer
 
 ImageInput = Tensor | Image.Image | str | os.PathLike
 
 
-@register_tokenizer
-class ImageTokenizer(Tokenizer):
+class ImageTokenizer(TokenizerModel):
     """Images <-> tokens, for 2-D (grid) and 1-D (sequence) image models.
 
     Images are float RGB in [0, 1]: a batch (B, 3, H, W), one image (3, H, W) (treated as
@@ -47,21 +45,16 @@ class ImageTokenizer(Tokenizer):
         encoder: image encoder ``images (B, 3, H, W) -> (tokens (B, N, D), shape)``.
         decoder: image decoder ``(tokens (B, N, D), shape) -> images``.
         quantizer: any backend of the quantizer contract.
-        config: the artifact config; ``config["data"]`` holds ``mean``, ``std``, ``range`` and ``key``.
+        normalization: ``{mean, std, range}``; images in [0, 1] are mapped to [-1, 1] by default.
     """
 
     modality = "image"
+    data_key = "image"
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer, config: dict[str, Any]) -> None:
-        super().__init__(encoder, decoder, quantizer, config)
-        data = config.get("data")
-        if not isinstance(data, dict) or not {"mean", "std", "range"} <= data.keys():
-            raise ValueError(f"an image tokenizer config needs data: {{mean, std, range, key}}, got {data!r}")
-        if not data["std"]:
-            raise ValueError("data.std must not be 0")
-        self.data_mean = data["mean"]
-        self.data_std = data["std"]
-        self.data_range = tuple(data["range"]) if data["range"] is not None else None
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer,
+                 normalization: dict[str, Any] | None = None) -> None:
+        normalization = {"mean": 0.5, "std": 0.5, "range": (0.0, 1.0), **dict(normalization or {})}
+        super().__init__(encoder, decoder, quantizer, normalization)
         self.downsample_factor = int(getattr(encoder, "downsample_factor", getattr(encoder, "patch_size", 1)))
         fixed = getattr(decoder, "image_size", None)
         self.image_size: tuple[int, int] | None = (int(fixed[0]), int(fixed[1])) if fixed is not None else None
@@ -116,7 +109,7 @@ class ImageTokenizer(Tokenizer):
             shape = tuple(codes.shape[1:3])
         codes = codes.to(self.device).reshape(codes.shape[0], -1, *per_token)
         tokens = codes if per_token else self.quantizer.decode(codes)
-        return self._denormalize(self.decoder(tokens, shape))
+        return self.denormalize(self.decoder(tokens, shape))
 
     def _encode(self, images: ImageInput, ids: bool) -> Tensor:
         x = as_image_batch(images)
@@ -132,7 +125,7 @@ class ImageTokenizer(Tokenizer):
                 f"image size {height}x{width} is not a multiple of the tokenizer's downsampling factor {f}; "
                 f"resize or crop to a multiple of {f}"
             )
-        tokens, shape = self.encoder(self._normalize(x.to(self.device)))
+        tokens, shape = self.encoder(self.normalize(x.to(self.device)))
         b, n, d = tokens.shape
         if self.image_size is None:
             token_shape = tuple(int(s) for s in shape)
@@ -146,13 +139,6 @@ class ImageTokenizer(Tokenizer):
         if ids:
             return self.quantizer.encode(tokens).reshape(b, *token_shape)
         return self.quantizer(tokens).z_q.reshape(b, *token_shape, d)
-
-    def _normalize(self, x: Tensor) -> Tensor:
-        return (x - self.data_mean) / self.data_std
-
-    def _denormalize(self, x: Tensor) -> Tensor:
-        x = x.float() * self.data_std + self.data_mean
-        return x.clamp(*self.data_range) if self.data_range is not None else x
 
 
 def as_image_batch(images: ImageInput) -> Tensor:
