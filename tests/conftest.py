@@ -45,7 +45,7 @@ FAST_AUDIO_MODEL = [
     "model.encoder.latent_dim=8",
     "model.encoder.strides=[2,4]",
     "model.encoder.lstm_layers=0",
-    "model.loss.windows=[32,64]",
+    "module.losses.mel.windows=[32,64]",
 ]
 # Text (data=shakespeare/text/tinystories, model=text_*): the tiny GQ settings of tests/text/conftest.py.
 TEXT_SELECTORS = ("data=shakespeare", "data=text", "data=tinystories", "model=text_", "recipe=gqvae_")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -24,6 +25,25 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run config with every interpolation resolved, without Hydra's own ``hydra`` node."""
+    return {
+        key: OmegaConf.to_container(node, resolve=True, throw_on_missing=True) if OmegaConf.is_config(node) else node
+        for key, node in cfg.items()
+        if key != "hydra"
+    }
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with CLI-style overrides (as its Hydra app would), without running it."""
+    if not CONF_DIR.is_dir():
+        raise FileNotFoundError(f"vqkit's conf/ folder is missing at {CONF_DIR}: install vqkit from its source tree "
+                                "(`pip install -e .`)")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
 
 
 def compose_train_config(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:

@@ -1,261 +1,176 @@
 """Export a training checkpoint as a tokenizer artifact: ``python -m vqkit.export ckpt_path=PATH out=DIR``.
 
-The artifact (see ``vqkit.tokenizers``) holds ``config.json`` and ``model.safetensors``
-with the encoder, decoder and quantizer only: no discriminator, loss or metric states,
-no optimizer, nothing pickled. The checkpoint is read with ``torch.load(weights_only=True)``;
-checkpoints written by ``vqkit.train`` need no extra allowed globals. A checkpoint that
-holds other Python objects is refused unless ``allow_pickle=true`` is passed, which runs
-the full unpickler and therefore any code the file contains: use it only for files you trust.
+The artifact is the run's model: its config subtree (``vqkit_config.model``) and its tensors (the
+``model.*`` entries of the checkpoint's state dict), written by ``TokenizerModel.save_pretrained`` as
+``config.json`` + ``model.safetensors``: no discriminator, loss or metric states, no optimizer, nothing
+pickled. The model is rebuilt with the same checks as ``load_tokenizer`` (only ``torch.nn.Module``
+classes of vqkit). Text (GQ-VAE) models export a vocabulary tokenizer (``vqkit.tokenizers.text``).
 
-The model is rebuilt from the config the checkpoint stores (``vqkit_config.model``), with
-the same checks as ``load_tokenizer``: only the ``encoder``, ``decoder`` and ``quantizer``
-subtrees are instantiated, and only if they name ``torch.nn.Module`` classes of vqkit.
+The checkpoint is read with ``torch.load(weights_only=True)``; checkpoints written by ``vqkit.train``
+need nothing else. One that holds other Python objects is refused unless ``allow_pickle=true``, which
+runs the full unpickler and therefore any code the file contains: use it only for files you trust.
 """
 
 from __future__ import annotations
 
-import inspect
+import copy
 import logging
 import os
 import pickle
 import sys
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-from vqkit import __version__
-from vqkit.lit.tokenizer_module import TokenizerModule
-from vqkit.tokenizers import FORMAT, FORMAT_VERSION, PARTS, Tokenizer, tokenizer_from_config
+from vqkit.lit.checkpoint_io import load_checkpoint
+from vqkit.models.artifact import resolve_target
+from vqkit.models.base import TokenizerModel
 
 log = logging.getLogger("vqkit.export")
 
-USAGE = (
-    "usage: python -m vqkit.export ckpt_path=PATH out=DIR [allow_pickle=false] [modality=auto]\n"
-    "  text (GQ-VAE) checkpoints also take: [vocab_size=N] [vocab_prune=usage|gates]\n"
-    "  [vocab_strings=decoded|empirical] [vocab_rows=100000]\n"
-    "  [vocab_text=PATH[,PATH...]] (default: the training split of the run's own data config)"
-)
 TEXT_OPTIONS = ("vocab_size", "vocab_prune", "vocab_strings", "vocab_rows", "vocab_text")
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+# Constructor arguments that only seed weights the state dict holds: an artifact must not need their files.
+SEED_ONLY_ARGUMENTS = ("init_codebook_path",)
 
 
-def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, Any]:
-    """Read a Lightning checkpoint on the CPU without running pickled code.
-
-    Args:
-        path: the ``.ckpt`` file.
-        allow_pickle: fall back to the full unpickler (warns; runs any code in the file).
+def model_config(checkpoint: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The model's config subtree stored in a ``vqkit.train`` checkpoint.
 
     Raises:
-        FileNotFoundError: no such file.
-        pickle.UnpicklingError: the file holds objects ``weights_only`` loading refuses (named in the message).
-        ValueError: not a readable checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if allow_pickle:
-        warnings.warn(
-            f"allow_pickle=true: unpickling {path} can run arbitrary code; only do this for files you trust",
-            UserWarning,
-            stacklevel=2,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise pickle.UnpicklingError(
-            f"refusing to load {path}: {_unsafe_content(path)}. Checkpoints of vqkit.train hold only tensors "
-            "and plain data; pass allow_pickle=true only if you trust this file (it can run arbitrary code)"
-        ) from None
-    except RuntimeError as err:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from err
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} is not a Lightning checkpoint: it holds a {type(checkpoint).__name__}")
-    return checkpoint
-
-
-def artifact_config(checkpoint: dict[str, Any], source: Path, modality: str = "auto") -> dict[str, Any]:
-    """The tokenizer config (without the fields derived from the quantizer) of a vqkit.train checkpoint.
-
-    Args:
-        checkpoint: the loaded checkpoint.
-        source: its path; only the file name is recorded.
-        modality: the tokenizer class the artifact loads as; ``"auto"``: the model's ``data_key``
-            when it names a registered modality (``"audio"``), else ``"image"``.
-
-    Raises:
-        ValueError: the checkpoint has no ``vqkit_config`` with a model config.
+        ValueError: the checkpoint has no ``vqkit_config.model`` with a ``_target_``.
     """
     run_config = checkpoint.get("vqkit_config")
     model = run_config.get("model") if isinstance(run_config, dict) else None
-    if not isinstance(model, dict) or not all(isinstance(model.get(part), dict) for part in PARTS):
+    if not isinstance(model, dict) or "_target_" not in model:
         raise ValueError(
-            f"{source} has no vqkit_config.model with encoder, decoder and quantizer configs: export needs a "
-            "checkpoint written by vqkit.train, which stores its resolved config under 'vqkit_config'"
+            f"{source} has no vqkit_config.model with the model's config: export needs a checkpoint written by "
+            "vqkit.train, which stores its resolved config under 'vqkit_config'"
         )
-    defaults = {name: p.default for name, p in inspect.signature(TokenizerModule).parameters.items()}
-    if modality == "auto":
-        from vqkit.tokenizers import TOKENIZER_CLASSES
-
-        key = model.get("data_key", defaults["data_key"])
-        modality = key if key in TOKENIZER_CLASSES else "image"
-    data_range = model.get("data_range", defaults["data_range"])
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "vqkit_version": __version__,
-        "modality": modality,
-        **{part: model[part] for part in PARTS},
-        "data": {
-            "mean": model.get("data_mean", defaults["data_mean"]),
-            "std": model.get("data_std", defaults["data_std"]),
-            "range": list(data_range) if data_range is not None else None,
-            "key": model.get("data_key", defaults["data_key"]),
-        },
-        "training": {
-            "checkpoint": source.name,
-            "step": checkpoint.get("global_step"),
-            "epoch": checkpoint.get("epoch"),
-            "lightning_version": checkpoint.get("pytorch-lightning_version"),
-        },
-    }
+    return model
 
 
-def is_text_checkpoint(checkpoint: dict[str, Any]) -> bool:
-    """Whether a vqkit.train checkpoint holds a GQ-VAE text model (``vqkit.lit.GQModule``)."""
-    run_config = checkpoint.get("vqkit_config")
-    model = run_config.get("model") if isinstance(run_config, dict) else None
-    return isinstance(model, dict) and model.get("_target_") in ("vqkit.lit.GQModule", "vqkit.lit.gq_module.GQModule")
+def model_state(checkpoint: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The model's tensors: the checkpoint's ``model.*`` state-dict entries, without the prefix."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError(f"{source} has no state_dict")
+    kept = {name[len("model."):]: t for name, t in state.items() if name.startswith("model.")}
+    if not kept:
+        raise ValueError(f"{source}: its state_dict has no model.* entries (not a vqkit.train checkpoint?)")
+    return kept
 
 
-def export_tokenizer(
-    ckpt_path: str | os.PathLike, out: str | os.PathLike, allow_pickle: bool = False, modality: str = "auto",
-    **text_options: Any,
-) -> Tokenizer:
-    """Write the tokenizer artifact of a checkpoint into the directory ``out``.
+def without_seed_files(node: Any) -> Any:
+    """A copy of a config with every seed-only file argument (``SEED_ONLY_ARGUMENTS``) set to None."""
+    if isinstance(node, dict):
+        return {k: None if k in SEED_ONLY_ARGUMENTS else without_seed_files(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [without_seed_files(v) for v in node]
+    return copy.deepcopy(node)
+
+
+def export_tokenizer(ckpt_path: str | os.PathLike, out: str | os.PathLike, allow_pickle: bool = False,
+                     **text_options: Any) -> Any:
+    """Write the tokenizer artifact of a checkpoint into the folder ``out``.
 
     Args:
         ckpt_path: a checkpoint written by ``vqkit.train``.
-        out: the artifact directory (created; its config.json and model.safetensors are replaced).
-        allow_pickle: see ``load_checkpoint``.
-        modality: the tokenizer class the artifact loads as.
-        **text_options: for text checkpoints, ``vocab_size``, ``strings``, ``prune``, ``vocab_rows``, ``vocab_text`` of
-            ``vqkit.tokenizers.text.export_text_checkpoint``; refused for other checkpoints.
+        out: the artifact folder (created; its config.json and model.safetensors are replaced atomically).
+        allow_pickle: see ``vqkit.lit.checkpoint_io.load_checkpoint``.
+        **text_options: for text models, ``vocab_size``, ``strings``, ``prune``, ``vocab_rows``, ``vocab_text`` of
+            ``vqkit.tokenizers.text.export_text_checkpoint``; refused for other models.
 
     Returns:
-        the exported tokenizer, in eval mode.
+        the exported model (eval mode), or the ``GQTokenizer`` of a text model.
 
     Raises:
-        ValueError: the checkpoint lacks the config or weights of the model, or they do not match.
+        ValueError: the checkpoint lacks the config or weights of the model, or they do not fit.
     """
     ckpt_path = Path(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path, allow_pickle)
-    if is_text_checkpoint(checkpoint):  # GQ-VAE text tokenizers export a vocabulary (vqkit.tokenizers.text)
+    config = model_config(checkpoint, ckpt_path)
+    if getattr(resolve_target(config["_target_"], f"{ckpt_path}: vqkit_config.model"), "modality", None) == "text":
         from vqkit.tokenizers.text import export_text_checkpoint
 
         return export_text_checkpoint(checkpoint, ckpt_path, out, **text_options)
     if text_options:
-        raise ValueError(
-            f"{', '.join(sorted(text_options))} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one"
-        )
-    config = artifact_config(checkpoint, ckpt_path, modality)
-    quantizer = config["quantizer"]
-    if isinstance(quantizer, dict) and quantizer.get("init_codebook_path"):
-        # the file only seeded the trained codes, which the weights hold: the artifact must not need it
-        config["quantizer"] = {**quantizer, "init_codebook_path": None}
-    tokenizer = tokenizer_from_config(config, source=f"{ckpt_path} (vqkit_config.model)")
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, dict):
-        raise ValueError(f"{ckpt_path} has no state_dict")
-    kept = {name: t for name, t in state.items() if name.split(".", 1)[0] in PARTS}
+        raise ValueError(f"{', '.join(sorted(text_options))} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one")
+    model = TokenizerModel.from_config(without_seed_files(config), f"{ckpt_path}: vqkit_config.model")
     try:
-        tokenizer.load_state_dict(kept, strict=True)
+        model.load_state_dict(model_state(checkpoint, ckpt_path), strict=True)
     except RuntimeError as err:
         raise ValueError(f"the weights of {ckpt_path} do not fit the model of its vqkit_config: {err}") from err
-    dropped = sorted({name.split(".", 1)[0] for name in state} - set(PARTS))
-    log.info(
-        "kept %d tensors of %s; dropped %d (%s)",
-        len(kept),
-        "/".join(PARTS),
-        len(state) - len(kept),
-        ", ".join(dropped) or "none",
-    )
-    tokenizer.save(out)
-    return tokenizer.eval()
+    training = {
+        "checkpoint": ckpt_path.name,
+        "step": checkpoint.get("global_step"),
+        "epoch": checkpoint.get("epoch"),
+        "lightning_version": checkpoint.get("pytorch-lightning_version"),
+    }
+    model.save_pretrained(out, info={"training": training})
+    log.info("kept the %d model tensors of %s", len(model.state_dict()), ckpt_path)
+    model.info = {"training": training}
+    return model.eval()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (1 when the export fails, 2 for usage errors)."""
-    args = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in args):
-        print(USAGE)
-        return 0
-    options = {"allow_pickle": "false", "modality": "auto"}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in ("ckpt_path", "out", *options, *TEXT_OPTIONS):
-            return _usage_error(
-                f"expected key=value with key in ckpt_path, out, {', '.join((*options, *TEXT_OPTIONS))}; got {arg!r}"
-            )
-        options[key] = value
-    missing = [key for key in ("ckpt_path", "out") if not options.get(key)]
+def text_options(cfg: DictConfig) -> dict[str, Any]:
+    """The text-export options of an export config that differ from their defaults, as export_tokenizer takes them."""
+    options: dict[str, Any] = {}
+    if cfg.vocab_size is not None:
+        options["vocab_size"] = int(cfg.vocab_size)
+    if cfg.vocab_prune != "usage":
+        options["prune"] = str(cfg.vocab_prune)
+    if cfg.vocab_strings != "decoded":
+        options["strings"] = str(cfg.vocab_strings)
+    if int(cfg.vocab_rows) != 100_000:
+        options["vocab_rows"] = int(cfg.vocab_rows)
+    if cfg.vocab_text is not None:
+        paths = cfg.vocab_text if OmegaConf.is_list(cfg.vocab_text) else str(cfg.vocab_text).split(",")
+        options["vocab_text"] = [str(p) for p in paths if str(p)]
+    return options
+
+
+def run(cfg: DictConfig) -> int:
+    """Export as ``cfg`` (conf/export.yaml) says; returns the exit status (1 when the export fails, 2 for usage)."""
+    missing = [key for key in ("ckpt_path", "out") if OmegaConf.is_missing(cfg, key) or not cfg[key]]
     if missing:
-        return _usage_error(f"missing {' and '.join(missing)}")
-    allow_pickle = options["allow_pickle"].lower()
-    if allow_pickle not in _TRUE + _FALSE:
-        return _usage_error(f"allow_pickle must be true or false, got {options['allow_pickle']!r}")
-    text_options: dict[str, Any] = {}
-    try:
-        for key in ("vocab_size", "vocab_rows"):
-            if key in options:
-                text_options[key] = int(options[key])
-    except ValueError:
-        return _usage_error(f"vocab_size and vocab_rows are integers, got {options.get('vocab_size')!r}, "
-                            f"{options.get('vocab_rows')!r}")
-    if "vocab_strings" in options:
-        text_options["strings"] = options["vocab_strings"]
-    if "vocab_prune" in options:
-        text_options["prune"] = options["vocab_prune"]
-    if "vocab_text" in options:
-        text_options["vocab_text"] = [p for p in options["vocab_text"].split(",") if p]
+        print(f"vqkit.export: missing {' and '.join(missing)}\nusage: python -m vqkit.export ckpt_path=PATH out=DIR "
+              "[allow_pickle=false] [vocab_size=N ...] (see conf/export.yaml)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        tokenizer = export_tokenizer(options["ckpt_path"], options["out"], allow_pickle in _TRUE, options["modality"],
-                                     **text_options)
-    except (OSError, ValueError, pickle.UnpicklingError) as err:
+        artifact = export_tokenizer(cfg.ckpt_path, cfg.out, bool(cfg.allow_pickle), **text_options(cfg))
+    except (OSError, ValueError, TypeError, pickle.UnpicklingError) as err:
         print(f"vqkit.export: error: {err}", file=sys.stderr)
         return 1
-    if tokenizer.modality == "text":
-        details = f"text tokenizer, vocabulary of {tokenizer.vocab_size} (256 bytes + learned pieces)"
+    if artifact.modality == "text":
+        details = f"text tokenizer, vocabulary of {artifact.vocab_size} (256 bytes + learned pieces)"
+        step = artifact.config.get("training", {}).get("step")
     else:
-        details = (
-            f"{tokenizer.modality} tokenizer, {tokenizer.codebook_size} codes, {tokenizer.token_dim}-dim tokens, "
-            f"soft={tokenizer.soft}"
-        )
-    print(
-        f"vqkit: exported {options['ckpt_path']} (step {tokenizer.config['training']['step']}) -> {options['out']} | "
-        f"{details}",
-        flush=True,
-    )
+        details = (f"{artifact.modality} tokenizer, {artifact.codebook_size} codes, {artifact.token_dim}-dim tokens, "
+                   f"soft={artifact.soft}")
+        step = artifact.info["training"]["step"]
+    print(f"vqkit: exported {cfg.ckpt_path} (step {step}) -> {cfg.out} | {details}", flush=True)
     return 0
 
 
-def _usage_error(message: str) -> int:
-    print(f"vqkit.export: {message}\n{USAGE}", file=sys.stderr)
-    return 2
+def main(argv: list[str] | None = None) -> int:
+    """Programmatic entry point: ``main(["ckpt_path=...", "out=..."])`` composes conf/export.yaml with the overrides."""
+    if argv is None:
+        _hydra_main()
+        return 0
+    from vqkit.config import compose_config
+
+    return run(compose_config("export", argv))
 
 
-def _unsafe_content(path: Path) -> str:
-    """What in ``path`` weights_only loading refuses, found by scanning the pickle without running it."""
-    if not zipfile.is_zipfile(path):
-        return "it is not a zip-format torch.save checkpoint (a raw pickle or another kind of file)"
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    return f"it references the Python objects {', '.join(unsafe)}" if unsafe else "its pickle uses unsupported opcodes"
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def _hydra_main(cfg: DictConfig) -> None:
+    status = run(cfg)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _hydra_main()

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from vqkit.callbacks.audio_samples import AudioSamples
 from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
-from vqkit.config import register_resolvers
+from vqkit.config import register_resolvers, resolved_config
+from vqkit.lit.run_config import module_from_config
 
 register_resolvers()
 
@@ -34,15 +35,6 @@ def instantiate_collection(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run config with every interpolation resolved, without Hydra's own ``hydra`` node."""
-    return {
-        key: OmegaConf.to_container(node, resolve=True, throw_on_missing=True) if OmegaConf.is_config(node) else node
-        for key, node in cfg.items()
-        if key != "hydra"
-    }
 
 
 def save_final_checkpoint(trainer: L.Trainer) -> str | None:
@@ -92,13 +84,6 @@ def _latest_samples(callbacks: list[Any]) -> str | None:
     return None
 
 
-def build_module(cfg: DictConfig) -> L.LightningModule:
-    """The training module of a run config: ``cfg.module`` around the tokenizer ``cfg.model``, config attached."""
-    module = instantiate(cfg.module, model=instantiate(cfg.model))
-    module.attach_config(resolved_config(cfg))
-    return module
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final metrics and the paths of its outputs."""
     started = time.time()
@@ -123,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for step in cfg.get("prepare") or []:
         instantiate(step)
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg)
+    module = module_from_config(cfg)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     if cfg.get("seed") is not None:
         callbacks.append(ReproducibleEpochs(cfg.seed))

@@ -63,7 +63,7 @@ class AudioSamples(L.Callback):
     Args:
         dirpath: output folder.
         num_clips: clips per validation.
-        sample_rate: Hz of the clips; None reads ``pl_module.encoder.sample_rate``.
+        sample_rate: Hz of the clips; None reads ``pl_module.model.encoder.sample_rate``.
     """
 
     def __init__(self, dirpath: str, num_clips: int = 4, sample_rate: int | None = None) -> None:
@@ -85,7 +85,7 @@ class AudioSamples(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.clips is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        rate = self.sample_rate or int(getattr(pl_module.encoder, "sample_rate", 16_000))
+        rate = self.sample_rate or int(getattr(pl_module.model.encoder, "sample_rate", 16_000))
         with torch.no_grad():
             x_hat = pl_module.reconstruct(self.clips.to(pl_module.device)).float().cpu()
         x = self.clips.float()

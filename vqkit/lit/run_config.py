@@ -9,6 +9,20 @@ from typing import Any
 from torch import Tensor
 
 
+def module_from_config(cfg: Any) -> Any:
+    """The training module of a run config: ``cfg.module`` around the tokenizer ``cfg.model``, config attached.
+
+    Used by ``vqkit.train`` and ``vqkit.eval`` alike, so a checkpoint is rebuilt exactly as it was trained.
+    """
+    from hydra.utils import instantiate
+
+    from vqkit.config import resolved_config
+
+    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    module.attach_config(resolved_config(cfg))
+    return module
+
+
 def batch_data(batch: Any, key: str) -> Tensor:
     """The data tensor of a batch: ``batch[key]`` for mappings, the first item of tuples/lists, else the batch."""
     if isinstance(batch, Mapping):

@@ -142,7 +142,8 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
         self.log_train(logs, out, x.shape[0])
         return total
 
-    def _eval_step(self, batch: Any, stage: str) -> None:
+    def _eval_step(self, batch: Any, stage: str) -> dict[str, Any]:
+        """Log the losses, update the metrics; returns the model output and data (for eval callbacks)."""
         x = self._data(batch)
         _, out, logs = self.compute_losses(x, None)
         logs = {k: v for k, v in logs.items() if not k.endswith("/weight")}
@@ -154,6 +155,7 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
         if len(output_metrics):
             output_metrics.update(out, x)
         getattr(self, f"{stage}_usage").update(out.quantized.indices)
+        return {"output": out, "data": x}
 
     def _eval_epoch_end(self, stage: str) -> None:
         values: dict[str, Tensor] = {}
@@ -169,14 +171,14 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
         self.log_dict({k: v for k, v in values.items() if k not in per_stage}, prog_bar=stage == "val")
         self.log_dict(per_stage)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

@@ -153,3 +153,15 @@ class InceptionFID(Metric):
         # Factor the side with fewer samples: its covariance has the lower rank. FID is symmetric.
         first, second = (real, fake) if int(self.real_count) <= int(self.fake_count) else (fake, real)
         return torch.tensor(frechet_distance(*first, *second), dtype=torch.float32)
+
+
+class ReconstructionFID(InceptionFID):
+    """rFID: ``update(reconstructions, images)`` adds the inputs as real and the reconstructions as fake images.
+
+    The (preds, target) signature of every other reconstruction metric, so it sits in the same
+    ``MetricCollection`` (``vqkit.eval`` adds it to the test metrics of image models).
+    """
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        super().update(target, real=True)
+        super().update(preds, real=False)
