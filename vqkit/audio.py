@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from vqkit.tokenizers import load_tokenizer
-from vqkit.tokenizers.audio import AudioTokenizer
+from vqkit.models.audio import AudioTokenizer
 
 
 def _load(path: str | Path, device: str) -> AudioTokenizer:
