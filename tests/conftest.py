@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from vqkit.config import compose_train_config
+from vqkit.config import CONF_DIR, compose_train_config
 
 # Small enough that one optimizer step takes well under a second on a CPU core.
 FAST_OVERRIDES = [
@@ -52,9 +53,36 @@ TEXT_SELECTORS = ("data=shakespeare", "data=text", "data=tinystories", "model=te
 compose_config = compose_train_config
 
 
+def is_text(overrides: list[str]) -> bool:
+    """True when the overrides pick a text model or text data (the tiny GQ settings apply)."""
+    return any(o.startswith(TEXT_SELECTORS) for o in overrides)
+
+
+def text_models_converted() -> bool:
+    """True once every conf/model/text_*.yaml states ``model:`` + ``module:`` like the image and audio models."""
+    return all("module" in OmegaConf.load(p) for p in (CONF_DIR / "model").glob("text_*.yaml"))
+
+
+# Issue 13 converts the text models on branch `text`; until that merge their runs fail here, and pass after it.
+TEXT_PENDING = pytest.mark.xfail(
+    not text_models_converted(), reason="text model converted on branch text", strict=False
+)
+# conf/recipe/vqgan_lc_*.yaml build their codebook with vqkit.tools.codebook.ensure_codebook, which comes with
+# the merge of branch `tools` (on main).
+TOOLS_PENDING = pytest.mark.xfail(
+    importlib.util.find_spec("vqkit.tools") is None, reason="vqkit.tools comes with branch tools (main)", strict=False
+)
+
+
+def pending_marks(overrides: list[str], config_text: str = "") -> list[pytest.MarkDecorator]:
+    """The xfail marks of a run that needs the text conversion or vqkit.tools (``config_text``: its recipe)."""
+    marks = [TEXT_PENDING] if is_text(overrides) else []
+    return marks + ([TOOLS_PENDING] if "vqkit.tools." in config_text else [])
+
+
 def fast_overrides(overrides: list[str]) -> list[str]:
     """FAST_OVERRIDES adapted to the data and model the overrides pick."""
-    if any(o.startswith(TEXT_SELECTORS) for o in overrides):
+    if is_text(overrides):
         from tests.text.conftest import TINY_GATE, TINY_TEXT
 
         text = list(TINY_TEXT) + ([] if "model=text_fixed" in overrides else list(TINY_GATE))

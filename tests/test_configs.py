@@ -1,7 +1,8 @@
-"""Every config option composes and instantiates; the registry and conf/quantizer agree."""
+"""Every config option composes and instantiates (model and training module); the registry and conf/quantizer agree."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -11,16 +12,36 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tests.conftest import pending_marks
 from vqkit import list_quantizers
 from vqkit.config import CONF_DIR
+from vqkit.lit import TokenizerModule
+from vqkit.lit.run_config import module_from_config
+from vqkit.models import TokenizerModel
 from vqkit.train import instantiate_collection, train
 
 # Groups whose options are chosen on the CLI (hydra/ and paths/ have a single internal option).
-GROUPS = ["data", "model", "quantizer", "loss", "trainer", "callbacks", "logger", "debug", "recipe"]
+GROUPS = [
+    "data", "model", "quantizer", "optimizer", "scheduler", "repa", "trainer", "callbacks", "logger", "debug",
+    "recipe",
+]
 
 
-def group_options() -> list[tuple[str, str]]:
-    return [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+def group_options() -> list:
+    params = []
+    for group in GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            overrides = recipe_overrides(path.stem) if group == "recipe" else [f"{group}={path.stem}"]
+            marks = pending_marks(overrides, path.read_text() if group == "recipe" else "")
+            params.append(pytest.param(group, path.stem, marks=marks, id=f"{group}-{path.stem}"))
+    return params
+
+
+def recipe_params() -> list:
+    return [
+        pytest.param(p.stem, marks=pending_marks(recipe_overrides(p.stem), p.read_text()), id=p.stem)
+        for p in sorted((CONF_DIR / "recipe").glob("*.yaml"))
+    ]
 
 
 def make_imagenet_tree(root: Path) -> Path:
@@ -56,7 +77,7 @@ def recipe_overrides(name: str) -> list[str]:
     return [f"recipe={name}", f"data={data}"] + [f"model={m}" for m in models]
 
 
-@pytest.mark.parametrize("name", [p.stem for p in sorted((CONF_DIR / "recipe").glob("*.yaml"))])
+@pytest.mark.parametrize("name", recipe_params())
 def test_recipe_trains_on_embedded_data(name: str, make_config) -> None:
     result = train(make_config(*recipe_overrides(name), "debug=fdr", "trainer.precision=32-true"))
     assert result["metrics"]["train/loss"] > 0
@@ -70,7 +91,7 @@ def test_registry_matches_quantizer_configs() -> None:
         assert get_class(target).registry_name == stem
 
 
-@pytest.mark.parametrize(("group", "option"), group_options(), ids=lambda v: str(v))
+@pytest.mark.parametrize(("group", "option"), group_options())
 def test_group_option_composes_and_instantiates(group: str, option: str, make_config, tmp_path: Path) -> None:
     overrides = [f"{group}={option}"]
     fast = True
@@ -101,8 +122,21 @@ def test_group_option_composes_and_instantiates(group: str, option: str, make_co
     cfg = make_config(*overrides, fast=fast)
     datamodule = instantiate(cfg.data)
     assert isinstance(datamodule, L.LightningDataModule)
-    model = instantiate(cfg.model)
-    assert model.quantizer.dim == cfg.model.encoder.latent_dim
+    for step in cfg.get("prepare") or []:  # as vqkit.train runs them, before the model is built
+        instantiate(step)
+    module = module_from_config(cfg)
+    assert isinstance(module, TokenizerModule) and isinstance(module.model, TokenizerModel)
+    assert module.model.quantizer.dim == cfg.model.encoder.latent_dim
+    assert module.run_config["model"] == module.model.config  # what export writes as the artifact's model
+    # the optimizer and schedule of the module's config build over its parameter groups
+    optimizer = module.build_optimizer(module.optimizer_factory, module.parameter_groups())
+    assert isinstance(optimizer, get_class(cfg.module.optimizer._target_))
+    if cfg.module.scheduler is None:
+        assert module.scheduler_factory is None
+    else:
+        assert isinstance(module.scheduler_factory(optimizer, total_steps=10), torch.optim.lr_scheduler.LRScheduler)
+    if group == "repa":
+        assert type(module.losses["repa"]).__name__ == "RepresentationAlignment"
     callbacks = instantiate_collection(cfg.get("callbacks"))
     loggers = instantiate_collection(cfg.get("logger"))
     if group == "trainer" and option == "fsdp" and not torch.cuda.is_available():
@@ -131,3 +165,41 @@ def test_dim_mismatch_is_reported(make_config) -> None:
 def test_unknown_option_is_reported(make_config) -> None:
     with pytest.raises(Exception, match="no_such_option"):
         make_config("quantizer.no_such_option=1")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check"),
+    [
+        (["module.losses.l1.weight=0", "module.losses.l2.weight=1"],
+         lambda m: (m.losses.l1.weight, m.losses.l2.weight) == (0.0, 1.0)),
+        (["module.losses.l2=null"], lambda m: set(m.losses) == {"l1"}),
+        (["module.optimizer.lr=0.005"], lambda m: m.optimizer_factory.keywords["lr"] == 0.005),
+        (["optimizer=adam"], lambda m: m.optimizer_factory.func is torch.optim.Adam),
+        (["scheduler=learning_annealing"], lambda m: m.scheduler_factory.func.__name__ == "learning_annealing"),
+        (["scheduler=none"], lambda m: m.scheduler_factory is None),
+        (["module.param_groups=[{match:quantizer,lr_scale:10.0}]"],
+         lambda m: m.param_group_rules == [{"match": "quantizer", "lr_scale": 10.0}]),
+        (["model=image_conv_gan", "module.disc_start=7", "module.losses.lpips=null"],
+         lambda m: m.disc_start == 7 and "lpips" not in m.losses),
+        (["model=image_conv_gan", "module.losses.lpips.weight=0.5", "module.losses.lpips.warmup_steps=4"],
+         lambda m: (m.losses.lpips.weight_at(2), m.losses.lpips.weight_at(None)) == (0.25, 0.5)),
+        (["model=audio_conv", "data=speech", "module.losses.mel.windows=[32]"],
+         lambda m: type(m.losses.mel).__name__ == "MultiScaleMelLoss" and len(m.losses.mel.windows) == 1),
+    ],
+    ids=["loss-weights", "drop-a-term", "lr", "adam", "annealing", "no-scheduler", "param-groups", "gan", "lpips",
+         "mel-windows"],
+)
+def test_training_settings_are_module_options(overrides: list[str], check, make_config) -> None:
+    module = module_from_config(make_config(*overrides))
+    assert check(module), overrides
+
+
+@pytest.mark.parametrize(
+    "old",
+    ["loss.l1=0", "model.optimizer.lr=0.1", "model.disc_start=3", "model.perceptual=null",
+     "model/repa=efficientnet_lite0"],
+)
+def test_pre_redesign_option_names_are_refused(old: str, make_config) -> None:
+    """The training options moved under ``module`` (issue 13): the old names fail loudly, naming the option."""
+    with pytest.raises(Exception, match=re.escape(old.split("=")[0].lstrip("+"))):
+        make_config(old)

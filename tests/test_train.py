@@ -44,7 +44,7 @@ def test_resume_continues_from_checkpoint(make_config) -> None:
 
 
 def test_overfit_one_batch_reduces_loss(make_config) -> None:
-    result = train(make_config("debug=overfit", "trainer.max_steps=100", "model.optimizer.lr=3e-3"))
+    result = train(make_config("debug=overfit", "trainer.max_steps=100", "module.optimizer.lr=3e-3"))
     rows = (Path(result["output_dir"]) / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     col = header.index("train/loss")
