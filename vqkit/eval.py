@@ -92,7 +92,7 @@ def evaluate(ckpt_path: str, overrides: dict[str, Any] | None = None, **options:
     split = opts["split"]
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
-    checkpoint = load_checkpoint(ckpt_path, allow_pickle=bool(opts["allow_pickle"]))
+    checkpoint = load_checkpoint(ckpt_path, allow_pickle=opts["allow_pickle"])
     if "vqkit_config" not in checkpoint:
         raise ValueError(f"{ckpt_path} has no stored vqkit config: it was not written by `python -m vqkit.train`")
     register_resolvers()

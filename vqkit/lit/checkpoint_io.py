@@ -43,8 +43,11 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     Raises:
         FileNotFoundError: no such file.
         pickle.UnpicklingError: the file holds objects ``weights_only`` loading refuses (named in the message).
+        TypeError: ``allow_pickle`` is not a bool.
         ValueError: not a readable checkpoint.
     """
+    if not isinstance(allow_pickle, bool):  # a string from a CLI ("no", "false") is truthy
+        raise TypeError(f"allow_pickle must be True or False, got {allow_pickle!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
