@@ -135,9 +135,9 @@ def run(cfg: DictConfig) -> int:
     """Export as ``cfg`` (conf/export.yaml) says; returns the exit status (1 when the export fails, 2 for usage)."""
     missing = [key for key in ("ckpt_path", "out") if OmegaConf.is_missing(cfg, key) or not cfg[key]]
     if missing:
-        print(f"vqkit.export: missing {' and '.join(missing)}\nusage: python -m vqkit.export ckpt_path=PATH out=DIR "
-              "[allow_pickle=false] [vocab_size=N ...] (see conf/export.yaml)", file=sys.stderr)
-        return 2
+        return _usage(f"missing {' and '.join(missing)}")
+    if not isinstance(cfg.allow_pickle, bool):  # bool("no") is True: only the literals true/false are accepted
+        return _usage(f"allow_pickle must be true or false, got {cfg.allow_pickle!r}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         artifact = export_tokenizer(cfg.ckpt_path, cfg.out, bool(cfg.allow_pickle), **text_options(cfg))
@@ -160,9 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _hydra_main()
         return 0
+    from hydra.errors import HydraException
+
     from vqkit.config import compose_config
 
-    return run(compose_config("export", argv))
+    try:
+        cfg = compose_config("export", argv)
+    except HydraException as err:  # an unknown option or a malformed override
+        return _usage(str(err))
+    return run(cfg)
+
+
+def _usage(problem: str) -> int:
+    print(f"vqkit.export: {problem}\nusage: python -m vqkit.export ckpt_path=PATH out=DIR [allow_pickle=false] "
+          "[vocab_size=N ...] (see conf/export.yaml)", file=sys.stderr)
+    return 2
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
