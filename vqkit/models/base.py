@@ -260,7 +260,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     if not isinstance(model_config, dict):
         raise ValueError(f"{source} has no `model` object with the model's config")
     model = TokenizerModel.from_config(model_config, f"{source}: model")
-    derived = {"codebook_size": model.codebook_size, "token_dim": model.token_dim, "soft": model.soft}
+    derived = {"modality": model.modality, "codebook_size": model.codebook_size, "token_dim": model.token_dim,
+               "soft": model.soft}
     stale = {key: config[key] for key in derived if key in config and config[key] != derived[key]}
     if stale:
         raise ValueError(f"{source} states {stale} but its model has {derived}; was the config edited by hand?")
