@@ -110,3 +110,14 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    """The exported artifact folder of the tiny image model of tests/artifacts.py (16 codes, f = 2)."""
+    from tests.artifacts import tiny_checkpoint
+    from vqkit.export import export_tokenizer
+
+    out = tmp_path / "tokenizer"
+    export_tokenizer(tiny_checkpoint(tmp_path / "tiny.ckpt"), out)
+    return out
