@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
+from tests.conftest import TEXT_PENDING
+from vqkit.lit.run_config import module_from_config
 from vqkit.quantizers.search import nearest_code
 from vqkit.train import train
 
@@ -22,7 +23,9 @@ MODALITIES = {
 }
 
 
-@pytest.mark.parametrize("modality", sorted(MODALITIES))
+@pytest.mark.parametrize(
+    "modality", [pytest.param(m, marks=[TEXT_PENDING] if m == "text" else []) for m in sorted(MODALITIES)]
+)
 def test_bf16_mixed_training_keeps_quantization_fp32(modality: str, make_config, monkeypatch) -> None:
     seen: list[tuple[torch.dtype, bool, bool]] = []
 
@@ -36,22 +39,19 @@ def test_bf16_mixed_training_keeps_quantization_fp32(modality: str, make_config,
         valid = got >= 0
         seen.append((z.dtype, bool(torch.equal(got[valid], expected[valid])), torch.is_autocast_enabled("cpu")))
 
-    real_instantiate = instantiate
+    def hooked_module_from_config(cfg):
+        module = module_from_config(cfg)
+        module.model.quantizer.register_forward_hook(spy)
+        hooked_module_from_config.model = module.model
+        return module
 
-    def hooked_instantiate(node, *args, **kwargs):
-        obj = real_instantiate(node, *args, **kwargs)
-        if isinstance(obj, torch.nn.Module) and hasattr(obj, "quantizer"):
-            obj.quantizer.register_forward_hook(spy)
-            hooked_instantiate.model = obj
-        return obj
-
-    monkeypatch.setattr("vqkit.train.instantiate", hooked_instantiate)
+    monkeypatch.setattr("vqkit.train.module_from_config", hooked_module_from_config)
     result = train(make_config(*MODALITIES[modality], "debug=fdr", "trainer.precision=bf16-mixed"))
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
     assert seen, "the quantizer never ran"
     assert any(dtype == torch.bfloat16 for dtype, _, _ in seen), f"autocast never handed bf16 latents: {seen}"
     assert all(same for _, same, _ in seen), "ids differ from an fp32 search: the search did not run in fp32"
-    quantizer = hooked_instantiate.model.quantizer
+    quantizer = hooked_module_from_config.model.quantizer
     for name, tensor in [*quantizer.named_parameters(), *quantizer.named_buffers()]:
         if tensor.is_floating_point():
             assert tensor.dtype == torch.float32, f"quantizer state {name} is {tensor.dtype}"
