@@ -63,10 +63,14 @@ def text_models_converted() -> bool:
     return all("module" in OmegaConf.load(p) for p in (CONF_DIR / "model").glob("text_*.yaml"))
 
 
-# Issue 13 converts the text models on branch `text`; until that merge their runs fail here, and pass after it.
-TEXT_PENDING = pytest.mark.xfail(
-    not text_models_converted(), reason="text model converted on branch text", strict=False
-)
+def text_pending(run: bool = True) -> pytest.MarkDecorator:
+    """xfail until the text models are converted (issue 13, on branch `text`); ``run=False`` for slow tests."""
+    return pytest.mark.xfail(
+        not text_models_converted(), reason="text model converted on branch text", strict=False, run=run
+    )
+
+
+TEXT_PENDING = text_pending()
 # conf/recipe/vqgan_lc_*.yaml build their codebook with vqkit.tools.codebook.ensure_codebook, which comes with
 # the merge of branch `tools` (on main).
 TOOLS_PENDING = pytest.mark.xfail(

@@ -20,8 +20,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import FAST_AUDIO_DATA, FAST_AUDIO_MODEL
+from tests.conftest import FAST_AUDIO_DATA, FAST_AUDIO_MODEL, text_pending
 from tests.text.conftest import TINY_GATE, TINY_TEXT
+from vqkit.lit.run_config import module_from_config
 
 NO_PICTURES = [
     "callbacks.reconstruction_grid=null", "callbacks.codebook_usage_plot=null", "callbacks.audio_samples=null",
@@ -59,16 +60,19 @@ def _free_port() -> int:
 
 def _single_process_validation(run_dir: Path) -> dict[str, float]:
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    model = instantiate(cfg.model)
+    module = module_from_config(cfg)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state)
+    module.load_state_dict(state)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    (metrics,) = trainer.validate(model, datamodule=instantiate(cfg.data), verbose=False)
+    (metrics,) = trainer.validate(module, datamodule=instantiate(cfg.data), verbose=False)
     return metrics
 
 
-@pytest.mark.parametrize("modality", sorted(MODALITIES))
+@pytest.mark.parametrize(
+    "modality",
+    [pytest.param(m, marks=[text_pending(run=False)] if m.startswith("text") else []) for m in sorted(MODALITIES)],
+)
 def test_two_process_training_keeps_ranks_identical(modality: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     cmd = [
