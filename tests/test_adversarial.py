@@ -1,4 +1,6 @@
-"""VQGAN-style training: GAN losses, LeCAM, adaptive weight, PatchGAN, and AdversarialTokenizerModule runs."""
+"""Adversarial training (VQGAN / EnCodec recipes): GAN losses, LeCAM, adaptive weight, PatchGAN, and runs of
+AdversarialTokenizerModule (discriminator, two optimizers, disc_start). The STFT discriminator of the waveform
+models: tests/audio/test_stft_discriminator.py; LPIPS as a loss term: tests/test_tokenizer_module.py."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from vqkit.layers.discriminator import NLayerDiscriminator
 from vqkit.lit.adversarial_module import AdversarialTokenizerModule
+from vqkit.lit.run_config import module_from_config
 from vqkit.losses.adversarial import (
     LeCAMRegularizer,
     adaptive_generator_weight,
@@ -26,16 +29,18 @@ from vqkit.losses.adversarial import (
 from vqkit.train import train
 
 # Small model overrides on top of conftest's FAST_OVERRIDES; a 2-layer PatchGAN takes images from 12 pixels.
+# The LPIPS term (VGG16) is left out: it is a loss term like any other, tested with and without a GAN elsewhere.
 GAN = [
     "model=image_conv_gan",
     "trainer.gradient_clip_val=null",
     "data.image_size=16",
     "data.train_samples=8",
     "data.val_samples=4",
-    "model.discriminator.channels=8",
-    "model.discriminator.num_layers=2",
-    "model.perceptual._target_=tests.lit.test_adversarial.TinyPerceptual",
+    "module.discriminator.channels=8",
+    "module.discriminator.num_layers=2",
+    "module.losses.lpips=null",
 ]
+GENERATOR = ("model.encoder.", "model.quantizer.", "model.decoder.")
 
 
 @pytest.fixture(autouse=True)
@@ -45,19 +50,6 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class TinyPerceptual(nn.Module):
-    """Stand-in for LPIPS: per-sample squared distance of random conv features (has a dropout to check eval mode)."""
-
-    def __init__(self, weights_path: str | None = None) -> None:
-        super().__init__()
-        self.features = nn.Conv2d(3, 4, 3, padding=1)
-        self.dropout = nn.Dropout(0.5)
-
-    def forward(self, x_hat: Tensor, x: Tensor) -> Tensor:
-        diff = self.dropout(self.features(x_hat)) - self.dropout(self.features(x))
-        return diff.pow(2).mean(dim=(1, 2, 3))
 
 
 # --- losses -----------------------------------------------------------------------------
@@ -144,8 +136,8 @@ def test_patchgan_rejects_unknown_norm() -> None:
 
 # --- the Lightning module -----------------------------------------------------------------
 def _module(make_config, *overrides: str) -> AdversarialTokenizerModule:
-    cfg = make_config(*GAN, "model.scheduler=null", "model.disc_scheduler=null", *overrides)
-    return instantiate(cfg.model)
+    cfg = make_config(*GAN, "scheduler=none", "module.disc_scheduler=null", *overrides)
+    return module_from_config(cfg)
 
 
 def _loader(n: int = 12) -> DataLoader:
@@ -174,28 +166,24 @@ class _Snapshots(L.Callback):
 
 
 def test_module_wiring(make_config) -> None:
-    module = _module(make_config, "model.perceptual_warmup_steps=10", "model.perceptual_weight=2.0")
+    module = _module(make_config)
+    assert isinstance(module, AdversarialTokenizerModule) and set(module.losses) == {"l1", "l2"}
     disc = {id(p) for p in module.discriminator.parameters()}
     generator = [p for g in module.parameter_groups() for p in g["params"]]
     assert generator and not disc & {id(p) for p in generator}
-    assert not any(id(p) in {id(q) for q in module.perceptual.parameters()} for p in generator)
-    assert module.decoder.get_parameter(module.last_layer) is module.decoder.net[-1].weight  # the output conv
+    assert {id(p) for p in generator} == {id(p) for p in module.model.parameters()}
+    assert module.model.decoder.get_parameter(module.last_layer) is module.model.decoder.net[-1].weight  # output conv
     module.train()
-    assert module.training and module.discriminator.training and not module.perceptual.training
-    assert [module.perceptual_weight_at(s) for s in (0, 5, 10, 50)] == [0.0, 1.0, 2.0, 2.0]
-    # The frozen perceptual network stays out of state dicts; loading one keeps the module's own weights.
+    assert module.training and module.discriminator.training and module.model.training
     state = module.state_dict()
-    assert not any(k.startswith("perceptual.") for k in state) and any(k.startswith("discriminator.") for k in state)
-    features = module.perceptual.features.weight.clone()
-    module.perceptual.features.weight.data.add_(1.0)
-    module.load_state_dict(state, strict=True)
-    assert torch.equal(module.perceptual.features.weight, features + 1.0)
+    assert any(k.startswith("discriminator.") for k in state) and any(k.startswith("model.decoder.") for k in state)
+    assert {"lecam.ema_real", "lecam.ema_fake"} <= set(state)
     with pytest.raises(Exception, match="is not a decoder parameter"):
-        _module(make_config, "model.last_layer=nope.weight")
+        _module(make_config, "module.last_layer=nope.weight")
 
 
 def test_disc_start_gates_the_discriminator_and_global_step_counts_batches(make_config) -> None:
-    module = _module(make_config, "model.disc_start=3", "model.lecam_weight=0.01")
+    module = _module(make_config, "module.disc_start=3", "module.lecam_weight=0.01")
     initial = copy.deepcopy(module.discriminator.state_dict())
     snapshots = _Snapshots()
     trainer = _fit(module, max_steps=5, callbacks=[snapshots])
@@ -209,15 +197,15 @@ def test_disc_start_gates_the_discriminator_and_global_step_counts_batches(make_
     assert {s["step"].item() for s in opt_g.state.values()} == {5}
     assert {s["step"].item() for s in opt_d.state.values()} == {2}
     for key in ("train/d_loss", "train/g_loss", "train/adaptive_weight", "train/logits_real", "train/logits_fake",
-                "train/lecam", "train/perceptual", "train/perceptual_weight", "train/rec", "train/loss"):
+                "train/lecam", "train/l1", "train/l2", "train/loss"):
         assert key in trainer.callback_metrics, key
 
 
 def test_zero_disc_weight_leaves_the_generator_update_unchanged(make_config) -> None:
     torch.manual_seed(0)
-    logged = _module(make_config, "model.disc_start=0", "model.disc_weight=0.0")
+    logged = _module(make_config, "module.disc_start=0", "module.disc_weight=0.0")
     torch.manual_seed(0)
-    without = _module(make_config, "model.disc_start=1000")
+    without = _module(make_config, "module.disc_start=1000")
     weighted = copy.deepcopy(without)
     weighted.disc_start = 0
 
@@ -225,13 +213,12 @@ def test_zero_disc_weight_leaves_the_generator_update_unchanged(make_config) -> 
     _fit(without, max_steps=3)
     _fit(weighted, max_steps=3)
 
-    generator = ("encoder.", "quantizer.", "decoder.")
     for name, p in without.named_parameters():
-        if name.startswith(generator):
+        if name.startswith(GENERATOR):
             torch.testing.assert_close(dict(logged.named_parameters())[name], p, rtol=0, atol=1e-6, msg=name)
     assert not all(
         torch.allclose(dict(weighted.named_parameters())[n], p) for n, p in without.named_parameters()
-        if n.startswith("decoder.")
+        if n.startswith("model.decoder.")
     ), "with disc_weight > 0 the adversarial term must change the decoder's update"
     assert trainer.callback_metrics["train/g_loss"].abs() > 0
     assert trainer.callback_metrics["train/adaptive_weight"] > 0
@@ -239,36 +226,36 @@ def test_zero_disc_weight_leaves_the_generator_update_unchanged(make_config) -> 
 
 def test_trainer_gradient_clipping_is_handed_to_the_module(make_config) -> None:
     # Lightning refuses Trainer(gradient_clip_val) with manual optimization; vqkit.train drops the
-    # trainer's setting for such modules (they clip with model.gradient_clip_val) instead of failing.
+    # trainer's setting for such modules (they clip with module.gradient_clip_val) instead of failing.
     cfg = make_config(*GAN[:1], *GAN[2:], "debug=fdr")
     assert cfg.trainer.gradient_clip_val == 1.0
     with pytest.raises(MisconfigurationException, match="gradient clipping is not supported for manual"):
         L.Trainer(gradient_clip_val=1.0, fast_dev_run=True, logger=False, enable_progress_bar=False).fit(
-            instantiate(cfg.model), datamodule=instantiate(cfg.data)
+            module_from_config(cfg), datamodule=instantiate(cfg.data)
         )
     assert train(cfg)["metrics"]["train/loss"] > 0
 
 
 def test_train_writes_checkpoint_with_discriminator_and_both_optimizers_and_resumes(make_config) -> None:
     # 8 samples in batches of 4: 2 steps an epoch; the last checkpoint is written at the end of an epoch.
-    first = train(make_config(*GAN, "trainer.max_steps=6", "trainer.log_every_n_steps=1", "model.disc_start=2"))
+    first = train(make_config(*GAN, "trainer.max_steps=6", "trainer.log_every_n_steps=1", "module.disc_start=2"))
     ckpt = torch.load(first["checkpoint"], map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6
     assert any(k.startswith("discriminator.net.") for k in ckpt["state_dict"])
-    assert not any(k.startswith("perceptual.") for k in ckpt["state_dict"])
+    assert any(k.startswith("model.decoder.") for k in ckpt["state_dict"])
     assert {"lecam.ema_real", "lecam.ema_fake"} <= set(ckpt["state_dict"])
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
     steps = [{s["step"].item() for s in opt["state"].values()} for opt in ckpt["optimizer_states"]]
     assert steps == [{6}, {4}]
-    assert ckpt["vqkit_config"]["model"]["_target_"].endswith("AdversarialTokenizerModule")
+    assert ckpt["vqkit_config"]["module"]["_target_"].endswith("AdversarialTokenizerModule")
+    assert ckpt["vqkit_config"]["model"]["_target_"] == "vqkit.models.ImageTokenizer"  # what export writes
     assert "test/psnr" in first["metrics"] and "test/loss" in first["metrics"]
     header = (Path(first["output_dir"]) / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    for key in ("val/loss", "val/psnr", "train/d_loss", "train/g_loss", "train/perceptual", "lr-discriminator"):
+    for key in ("val/loss", "val/psnr", "val/l1", "train/d_loss", "train/g_loss", "train/l1", "lr-discriminator"):
         assert key in header, key
 
-    resumed = train(
-        make_config(*GAN, "trainer.max_steps=8", "model.disc_start=2", "test=false", f"ckpt_path={first['checkpoint']}")
-    )
+    resumed = train(make_config(*GAN, "trainer.max_steps=8", "module.disc_start=2", "test=false",
+                                f"ckpt_path={first['checkpoint']}"))
     ckpt = torch.load(resumed["checkpoint"], map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 8
     steps = [{s["step"].item() for s in opt["state"].values()} for opt in ckpt["optimizer_states"]]
