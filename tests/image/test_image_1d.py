@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from vqkit.lit.run_config import module_from_config
 from vqkit.modalities.image_1d import (
     SIZES,
     SequenceMixer,
@@ -273,8 +274,8 @@ def test_bf16_mixed_fast_dev_run(make_config) -> None:
 
 
 def test_positional_embeddings_and_tokens_get_no_weight_decay(make_config) -> None:
-    model = instantiate(make_config("model=image_1d").model)
-    no_decay = {id(p) for p in model.parameter_groups()[1]["params"]}
-    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
-    assert {"encoder.patch_pos_embed", "encoder.latent_tokens", "decoder.mask_token"} <= names
-    assert "encoder.patch_embed.weight" not in names and "decoder.embed.weight" not in names
+    module = module_from_config(make_config("model=image_1d"))
+    no_decay = {id(p) for p in module.parameter_groups()[1]["params"]}
+    names = {n for n, p in module.named_parameters() if id(p) in no_decay}
+    assert {"model.encoder.patch_pos_embed", "model.encoder.latent_tokens", "model.decoder.mask_token"} <= names
+    assert "model.encoder.patch_embed.weight" not in names and "model.decoder.embed.weight" not in names

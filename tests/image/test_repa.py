@@ -1,4 +1,4 @@
-"""Representation alignment: the packaged pretrained encoder is real, and the loss trains what it should."""
+"""Representation alignment: the packaged pretrained encoder is real, and the loss term trains what it should."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from safetensors.torch import save_file
 from torchvision.transforms.v2 import functional as TF
 
 from vqkit.layers.feature_encoder import FrozenFeatureEncoder, efficientnet_lite0_weights, load_weights, read_state_dict
+from vqkit.losses import LossInputs, LossTerm
 from vqkit.losses.repa import RepresentationAlignment
+from vqkit.models import ModelOutput
+from vqkit.quantizers import QuantizerOutput
 from vqkit.train import train
 
 SKIMAGE_DATA = Path(next(iter(importlib.util.find_spec("skimage").submodule_search_locations))) / "data"
@@ -60,13 +63,20 @@ def test_weights_from_any_path_and_bad_files(tmp_path: Path) -> None:
 
 def test_alignment_loss_trains_projector_and_tokens_not_encoder() -> None:
     repa = RepresentationAlignment(token_dim=8, feature_encoder=FrozenFeatureEncoder(image_size=64), hidden_dim=16)
+    assert isinstance(repa, LossTerm) and repa.weight == 0.1  # SoftVQ-VAE's weight by default
     tokens = torch.randn(2, 4, 8, requires_grad=True)
-    loss = repa(tokens, torch.rand(2, 3, 32, 32))
+    images = torch.rand(2, 3, 32, 32)
+    loss = repa.alignment(tokens, images)
     assert -1.0 <= loss.item() <= 1.0
     loss.backward()
     assert tokens.grad.abs().sum() > 0
     assert all(p.grad is not None for p in repa.projector.parameters())
     assert all(p.grad is None for p in repa.feature_encoder.parameters())
+    # as a loss term it aligns the quantized tokens to features of the data in its natural range ([0, 1])
+    quantized = QuantizerOutput(z_q=tokens, indices=torch.zeros(2, 4, dtype=torch.long), loss=torch.zeros(()))
+    output = ModelOutput(reconstruction=images * 2 - 1, quantized=quantized, latents=tokens)
+    batch = LossInputs(inputs=images * 2 - 1, data=images, output=output)
+    torch.testing.assert_close(repa(batch), loss)
 
 
 def test_match_count_on_grids_and_sequences() -> None:
@@ -77,6 +87,8 @@ def test_match_count_on_grids_and_sequences() -> None:
 
 
 def test_training_with_repa_logs_the_alignment_loss(make_config) -> None:
-    result = train(make_config("model/repa=efficientnet_lite0", "model.repa.feature_encoder.image_size=64",
+    result = train(make_config("repa=efficientnet_lite0", "module.losses.repa.feature_encoder.image_size=64",
                                "trainer.max_steps=2", "test=false"))
     assert "train/repa" in result["metrics"] and -1.0 <= result["metrics"]["train/repa"] <= 1.0
+    state = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    assert "losses.repa.projector.0.weight" in state and not any(k.startswith("model.repa") for k in state)
