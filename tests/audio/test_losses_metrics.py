@@ -7,8 +7,11 @@ import math
 import pytest
 import torch
 
+from vqkit.losses import LossInputs, LossTerm
 from vqkit.losses.spectral import MultiScaleMelLoss
 from vqkit.metrics.audio import MelDistance, ScaleInvariantSNR, si_snr
+from vqkit.models import ModelOutput
+from vqkit.quantizers import QuantizerOutput
 
 RATE = 8_000
 
@@ -26,22 +29,31 @@ def speechlike(seed: int = 0, b: int = 2, n: int = 4000) -> torch.Tensor:
 def test_spectral_loss_is_zero_for_identical_audio_and_grows_with_noise() -> None:
     loss = MultiScaleMelLoss(RATE, windows=(32, 64, 256))
     x = speechlike()
-    total, terms = loss(x, x)
+    total, terms = loss.distance(x, x)
     assert float(total) == 0.0 and set(terms) == {"mel_l1", "mel_l2", "log_mel_l1", "waveform_l1"}
-    small, _ = loss(x + 0.01 * speechlike(1), x)
-    large, _ = loss(x + 0.1 * speechlike(1), x)
+    small, _ = loss.distance(x + 0.01 * speechlike(1), x)
+    large, _ = loss.distance(x + 0.1 * speechlike(1), x)
     assert 0 < float(small) < float(large)
+    # as a loss term: the distance of the model's reconstruction to its input
+    y = x + 0.1 * speechlike(1)
+    quantized = QuantizerOutput(z_q=torch.zeros(2, 5, 4), indices=torch.zeros(2, 5, dtype=torch.long),
+                                loss=torch.zeros(()))
+    output = ModelOutput(reconstruction=y, quantized=quantized, latents=quantized.z_q)
+    batch = LossInputs(inputs=x, data=x, output=output)
+    value, parts = loss(batch)
+    assert isinstance(loss, LossTerm) and float(value) == float(large) and parts.keys() == terms.keys()
 
 
 def test_spectral_loss_gradient_and_zero_weight_is_logged_only() -> None:
     x = speechlike()
     y = (x + 0.05 * speechlike(2)).requires_grad_(True)
-    total, terms = MultiScaleMelLoss(RATE, windows=(64,), mel_l1=0, mel_l2=0, log_mel_l1=0, waveform_l1=1)(y, x)
+    loss = MultiScaleMelLoss(RATE, windows=(64,), mel_l1=0, mel_l2=0, log_mel_l1=0, waveform_l1=1)
+    total, terms = loss.distance(y, x)
     total.backward()
     torch.testing.assert_close(total, (y - x).abs().mean())
     assert terms["log_mel_l1"] > 0  # computed and logged
     with pytest.raises(ValueError, match="shape"):
-        MultiScaleMelLoss(RATE)(x, x[..., :-1])
+        MultiScaleMelLoss(RATE).distance(x, x[..., :-1])
     with pytest.raises(ValueError, match=">= 0"):
         MultiScaleMelLoss(RATE, mel_l1=-1)
 
@@ -50,7 +62,7 @@ def test_spectral_loss_stays_fp32_under_autocast() -> None:
     loss = MultiScaleMelLoss(RATE, windows=(64,))
     x = speechlike()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        total, _ = loss(x.bfloat16(), x)
+        total, _ = loss.distance(x.bfloat16(), x)
     assert total.dtype == torch.float32
 
 

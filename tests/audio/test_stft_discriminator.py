@@ -27,8 +27,9 @@ def test_logits_of_every_scale_and_gradients() -> None:
 
 def test_gan_model_trains_with_the_discriminator(make_config) -> None:
     cfg = make_config("model=audio_conv_gan", "data=speech", "quantizer=residual", "quantizer.num_stages=2",
-                      "model.discriminator.windows=[64,32]", "model.discriminator.channels=4", "model.disc_start=0",
+                      "module.discriminator.windows=[64,32]", "module.discriminator.channels=4", "module.disc_start=0",
                       "debug=fdr")
     result = train(cfg)
     metrics = result["metrics"]
     assert metrics["train/loss"] > 0 and "train/d_loss" in metrics and "train/g_loss" in metrics
+    assert "train/mel" in metrics and not any(k.startswith("train/lpips") for k in metrics)  # no perceptual term

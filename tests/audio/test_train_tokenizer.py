@@ -12,7 +12,8 @@ import torch
 
 from vqkit.audio import main as audio_cli
 from vqkit.export import export_tokenizer
-from vqkit.tokenizers import AudioTokenizer, load_tokenizer
+from vqkit.models import AudioTokenizer
+from vqkit.tokenizers import load_tokenizer
 from vqkit.train import train
 
 RVQ = ["model=audio_conv", "data=speech", "quantizer=residual", "quantizer.num_stages=2"]
@@ -53,7 +54,8 @@ def test_short_run_writes_audio_samples_and_per_stage_metrics(trained) -> None:
 
 def test_exported_tokenizer_encodes_and_decodes(trained, tmp_path: Path) -> None:
     tok = load_tokenizer(trained["artifact"])
-    assert isinstance(tok, AudioTokenizer) and tok.config["modality"] == "audio"
+    assert isinstance(tok, AudioTokenizer) and tok.modality == tok.info["modality"] == "audio" and not tok.training
+    assert tok.config["_target_"] == "vqkit.models.AudioTokenizer" and tok.info["format_version"] == 2
     assert tok.sample_rate == 8000 and tok.hop_length == 8 and tok.frame_rate == 1000.0
     assert tok.num_stages == 2 and tok.bitrate_kbps == pytest.approx(1000 * 2 * math.log2(32) / 1000)
     assert tok.bitrate(1) == pytest.approx(5000.0)
