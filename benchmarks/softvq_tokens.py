@@ -37,8 +37,10 @@ from vqkit.eval import evaluate
 from vqkit.train import train
 
 RECIPE = CONF_DIR / "recipe" / "softvq_photos_cpu.yaml"
-# Sections of the recipe carried over as overrides (model.* keys outside these are the GAN's).
-SHARED_SECTIONS = ("data", "loss", "model.encoder", "model.decoder", "model.optimizer", "model.scheduler")
+# Sections of the recipe carried over as overrides: the data, the model, its optimizer and schedule and the
+# reconstruction terms (module.* keys outside these, disc_* and losses.lpips, are the GAN's).
+SHARED_SECTIONS = ("data", "model.encoder", "model.decoder", "module.optimizer", "module.scheduler",
+                   "module.losses.l1", "module.losses.l2")
 COLUMNS = ("quantizer", "tokens", "steps", "train_s", "psnr", "ssim", "lpips", "rfid", "usage", "perplexity", "dead")
 
 

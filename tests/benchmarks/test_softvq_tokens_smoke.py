@@ -28,8 +28,11 @@ def test_overrides_follow_the_cpu_recipe() -> None:
     vq, _, _ = bench.recipe_overrides("vq")
     assert steps == recipe.trainer.max_steps and codebook_size == recipe.quantizer.codebook_size
     assert f"model.encoder.patch_size={recipe.model.encoder.patch_size}" in vq
-    assert f"model.optimizer.lr={recipe.model.optimizer.lr}" in vq
-    assert not any(o.startswith(("model.disc", "model.perceptual", "quantizer.")) for o in vq)
+    assert f"module.optimizer.lr={recipe.module.optimizer.lr}" in vq
+    assert f"module.scheduler.warmup_steps={recipe.module.scheduler.warmup_steps}" in vq
+    assert f"module.losses.l2.weight={recipe.module.losses.l2.weight}" in vq
+    assert f"module.losses.l1.weight={recipe.module.losses.l1.weight}" in vq
+    assert not any(o.startswith(("module.disc", "module.losses.lpips", "model.perceptual", "quantizer.")) for o in vq)
     assert f"quantizer.num_codebooks={recipe.quantizer.num_codebooks}" in softvq
 
 
