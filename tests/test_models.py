@@ -20,7 +20,7 @@ from vqkit.models import TokenizerModel
 from vqkit.train import train
 
 ONE_STEP = [
-    "trainer.max_steps=1", "test=false", "+trainer.limit_val_batches=1", "callbacks.progress_bar.refresh_rate=0",
+    "trainer.max_steps=1", "test=false", "callbacks.progress_bar.refresh_rate=0",
     "callbacks.reconstruction_grid=null", "callbacks.codebook_usage_plot=null", "callbacks.audio_samples=null",
 ]
 # Tiny discriminators: a 2-layer PatchGAN takes images from 12 pixels; two short STFT scales for waveforms.
