@@ -167,8 +167,12 @@ def test_lpips_trains_without_a_gan_and_stays_out_of_the_checkpoint(make_config,
     assert not any(k.startswith("losses.lpips.") for k in checkpoint["state_dict"]), "LPIPS weights were saved"
 
     module = module_from_config(cfg)
-    module.load_state_dict(checkpoint["state_dict"], strict=True)  # the network keeps the weights it was built with
     net = module.losses.lpips.net
+    lin = net.lins[0].weight
+    lin.data.add_(1.0)
+    changed = lin.detach().clone()
+    module.load_state_dict(checkpoint["state_dict"], strict=True)  # the network keeps the weights it was built with
+    assert torch.equal(net.lins[0].weight, changed)
     module.train()
     assert not net.training and not any(p.requires_grad for p in net.parameters())
     trained = {id(p) for g in module.parameter_groups() for p in g["params"]}
