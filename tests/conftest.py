@@ -63,18 +63,16 @@ def text_models_converted() -> bool:
     return all("module" in OmegaConf.load(p) for p in (CONF_DIR / "model").glob("text_*.yaml"))
 
 
-def text_pending(run: bool = True) -> pytest.MarkDecorator:
-    """xfail until the text models are converted (issue 13, on branch `text`); ``run=False`` for slow tests."""
-    return pytest.mark.xfail(
-        not text_models_converted(), reason="text model converted on branch text", strict=False, run=run
-    )
-
-
-TEXT_PENDING = text_pending()
+# Issue 13 converts the text models on branch `text`. Until that merge their runs cannot pass here, so they are
+# not run (they fail in their first lines); once the text configs state `module:` the mark is gone and they run.
+TEXT_PENDING = pytest.mark.xfail(
+    not text_models_converted(), reason="text model converted on branch text", strict=False, run=False
+)
 # conf/recipe/vqgan_lc_*.yaml build their codebook with vqkit.tools.codebook.ensure_codebook, which comes with
-# the merge of branch `tools` (on main).
+# the merge of branch `tools` (on main); likewise not run without it.
 TOOLS_PENDING = pytest.mark.xfail(
-    importlib.util.find_spec("vqkit.tools") is None, reason="vqkit.tools comes with branch tools (main)", strict=False
+    importlib.util.find_spec("vqkit.tools") is None, reason="vqkit.tools comes with branch tools (main)",
+    strict=False, run=False,
 )
 
 

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import FAST_AUDIO_DATA, FAST_AUDIO_MODEL, text_pending
+from tests.conftest import FAST_AUDIO_DATA, FAST_AUDIO_MODEL, TEXT_PENDING
 from tests.text.conftest import TINY_GATE, TINY_TEXT
 from vqkit.lit.run_config import module_from_config
 
@@ -71,7 +71,7 @@ def _single_process_validation(run_dir: Path) -> dict[str, float]:
 
 @pytest.mark.parametrize(
     "modality",
-    [pytest.param(m, marks=[text_pending(run=False)] if m.startswith("text") else []) for m in sorted(MODALITIES)],
+    [pytest.param(m, marks=[TEXT_PENDING] if m.startswith("text") else []) for m in sorted(MODALITIES)],
 )
 def test_two_process_training_keeps_ranks_identical(modality: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"

@@ -15,10 +15,11 @@ from vqkit.lit.checkpoint_io import load_checkpoint
 from vqkit.train import train
 
 
-def trained_checkpoint(out: Path, *overrides: str) -> str:
+def trained_checkpoint(out: Path, *overrides: str, steps: int = 4) -> str:
     from tests.conftest import compose_config, fast_overrides
 
-    cfg = compose_config(fast_overrides(list(overrides)) + [*overrides, "trainer.max_steps=4", "test=false"], out)
+    overrides = (*overrides, f"trainer.max_steps={steps}", "test=false")
+    cfg = compose_config(fast_overrides(list(overrides)) + list(overrides), out)
     return train(cfg)["checkpoint"]
 
 
@@ -38,7 +39,7 @@ def checkpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def audio_checkpoint(tmp_path_factory) -> str:
     return trained_checkpoint(tmp_path_factory.mktemp("audio_run"), "model=audio_conv", "data=speech", "quantizer=vq",
-                              "callbacks.audio_samples=null")
+                              "callbacks.audio_samples=null", steps=1)
 
 
 def test_eval_reports_all_metrics_and_writes_files(checkpoint: str, tmp_path: Path) -> None:

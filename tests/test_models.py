@@ -23,8 +23,9 @@ ONE_STEP = [
     "trainer.max_steps=1", "test=false", "callbacks.progress_bar.refresh_rate=0",
     "callbacks.reconstruction_grid=null", "callbacks.codebook_usage_plot=null", "callbacks.audio_samples=null",
 ]
-# Tiny discriminators: a 2-layer PatchGAN takes images from 12 pixels; two short STFT scales for waveforms.
-GAN = {"image": ["module.discriminator.channels=8", "module.discriminator.num_layers=2"],
+# Tiny discriminators: a 2-layer PatchGAN takes images from 12 pixels; two short STFT scales for waveforms. The
+# LPIPS term (a VGG16, not part of the model) is left out: tests/test_tokenizer_module.py trains with it.
+GAN = {"image": ["module.discriminator.channels=8", "module.discriminator.num_layers=2", "module.losses.lpips=null"],
        "audio": ["module.discriminator.windows=[64,32]", "module.discriminator.channels=4"]}
 
 
