@@ -1,6 +1,7 @@
 """The README's ```python snippets run, and every `expr.shape  # (a, b, c)` comment in them is true.
 
-(```py blocks need files a user makes first, like a trained tokenizer; tests/test_export.py covers them.)
+(```py blocks need files a user makes first, like a trained tokenizer: tests/test_export.py,
+tests/image/test_artifact.py and tests/audio/test_train_tokenizer.py cover them.)
 """
 
 from __future__ import annotations
