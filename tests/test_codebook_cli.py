@@ -1,4 +1,4 @@
-"""`python -m vqkit.codebook`: k-means pieces, a tiny end-to-end build, and clear errors."""
+"""`python -m vqkit.tools.codebook`: k-means pieces, a tiny end-to-end build, and clear errors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vqkit.codebook import main, minibatch_kmeans, pool_grid, split_codes
 from vqkit.quantizers import build_quantizer
 from vqkit.quantizers.codebook_file import load_codebook
+from vqkit.tools.codebook import main, minibatch_kmeans, pool_grid, split_codes
 
 TINY = ["--num-images", "8", "--image-size", "32", "--encoder-size", "64", "--iters", "5", "--batch-size", "8"]
 

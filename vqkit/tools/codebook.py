@@ -1,4 +1,4 @@
-"""Build a frozen feature codebook for ``vqgan_lc``: ``python -m vqkit.codebook --out FILE --num-codes K``.
+"""Build a frozen feature codebook for ``vqgan_lc``: ``python -m vqkit.tools.codebook --out FILE --num-codes K``.
 
 Pipeline (VQGAN-LC, arXiv 2406.11837, section 3): images -> a frozen encoder's patch features,
 optionally average-pooled to a ``pool x pool`` grid -> mini-batch k-means with K centres (per class,
@@ -273,7 +273,7 @@ def build_codebook(argv: list[str] | None = None, progress: bool = True, **optio
         "empty_codes": int((counts == 0).sum()),
         "seed": args.seed,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python -m vqkit.codebook " + " ".join(argv or []),
+        "command": "python -m vqkit.tools.codebook " + " ".join(argv or []),
         "options": {k: str(v) for k, v in options.items()},
     }
     if is_distributed() and torch.distributed.get_rank() != 0:
@@ -286,7 +286,7 @@ def build_codebook(argv: list[str] | None = None, progress: bool = True, **optio
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m vqkit.codebook", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vqkit.tools.codebook", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=False, default="codebook.safetensors", help="output .safetensors file")
     p.add_argument("--num-codes", type=int, default=16384, help="codebook size K")
     p.add_argument("--source", choices=SOURCES, default="efficientnet_lite0", help="feature encoder")
