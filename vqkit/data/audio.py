@@ -26,7 +26,7 @@ seen by every DataLoader worker) and replaced by the next file of the split. Mor
 
 The embedded speech (``EmbeddedSpeechDataModule``): the English prompts of the Asterisk PBX
 recorded by Allison Smith (CC-BY-SA-3.0, (c) 2003-2010 Allison Smith; Debian package
-``asterisk-core-sounds-en-wav`` 1.6.1-1, installed by ``python -m vqkit.assets install``):
+``asterisk-core-sounds-en-wav`` 1.6.1-1, installed by ``python -m vqkit.tools.assets install``):
 568 mono 16-bit WAV files at 8 kHz, 25.5 minutes of one female voice reading words, digits,
 letters and sentences; the ``silence/`` files are excluded by default.
 """
@@ -348,7 +348,7 @@ class AudioFolderDataModule(L.LightningDataModule):
 
 
 class EmbeddedSpeechDataModule(AudioFolderDataModule):
-    """The Asterisk English prompts (CC-BY-SA-3.0, Allison Smith) installed by ``python -m vqkit.assets install``.
+    """The Asterisk English prompts (CC-BY-SA-3.0, Allison Smith) installed by ``python -m vqkit.tools.assets install``.
 
     Takes ``AudioFolderDataModule``'s arguments except ``root`` (the installed asset; pass ``root``
     to read another copy). Defaults: 8 kHz (the recordings' rate), ``silence/`` excluded.
@@ -357,7 +357,7 @@ class EmbeddedSpeechDataModule(AudioFolderDataModule):
     def __init__(self, root: str | None = None, sample_rate: int = 8_000, exclude: tuple[str, ...] = ("*/silence/*",),
                  **kwargs) -> None:
         if root is None:
-            from vqkit.assets import SPEECH, asset_path
+            from vqkit.tools.assets import SPEECH, asset_path
 
             root = str(asset_path(SPEECH))
         super().__init__(root=root, sample_rate=sample_rate, exclude=exclude, **kwargs)
