@@ -96,7 +96,8 @@ def export_tokenizer(ckpt_path: str | os.PathLike, out: str | os.PathLike, allow
 
         return export_text_checkpoint(checkpoint, ckpt_path, out, **text_options)
     if text_options:
-        raise ValueError(f"{', '.join(sorted(text_options))} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one")
+        names = ", ".join(sorted(text_options))
+        raise ValueError(f"{names} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one")
     model = TokenizerModel.from_config(without_seed_files(config), f"{ckpt_path}: vqkit_config.model")
     try:
         model.load_state_dict(model_state(checkpoint, ckpt_path), strict=True)

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from vqkit.tokenizers import load_tokenizer
 from vqkit.models.audio import AudioTokenizer
+from vqkit.tokenizers import load_tokenizer
 
 
 def _load(path: str | Path, device: str) -> AudioTokenizer:
