@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.base import Quantizer, QuantizerOutput, batch_usage_metrics
 from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, nearest_code
-from vqkit.quantizers.vq import VectorQuantizer, _batch_usage_metrics, mean_squared_error
+from vqkit.quantizers.vq import VectorQuantizer, mean_squared_error
 
 
 def fp32_call(module: nn.Module, *args: Tensor) -> Tensor:
@@ -158,5 +158,5 @@ class GeneratedCodebookQuantizer(Quantizer):
             loss=loss,
             losses={"codebook": codebook_loss.detach(), "commit": commit_loss.detach()},
             mask=mask,
-            metrics=_batch_usage_metrics(counts),
+            metrics=batch_usage_metrics(counts),
         )
