@@ -129,15 +129,20 @@ def test_codebook_property(name):
 
 
 def _init_params(name: str) -> set[str]:
+    """The options a backend's constructor accepts: its own, and its parents' where it passes ``**kwargs`` on."""
     import inspect
 
     from vqkit.quantizers.registry import quantizer_class
 
-    params = set()
+    params: set[str] = set()
     for cls in quantizer_class(name).__mro__:
-        if "__init__" in vars(cls):
-            params |= set(inspect.signature(cls.__init__).parameters)
-    return params
+        if "__init__" not in vars(cls):
+            continue
+        signature = inspect.signature(cls.__init__).parameters.values()
+        params |= {p.name for p in signature if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break
+    return params - {"self"}
 
 
 @pytest.mark.parametrize("training", [True, False])

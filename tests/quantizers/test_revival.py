@@ -1,5 +1,5 @@
 """Dead-code revival (``vqkit.quantizers.revival``) through the public API of the hard backends:
-the ``batch`` and ``reservoir`` strategies and their options."""
+the ``batch`` and ``reservoir`` strategies, their options, and the backends that refuse revival."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vqkit.quantizers import VectorQuantizer, build_quantizer
+from vqkit.quantizers.generated_codebook import GeneratedCodebookQuantizer
 from vqkit.quantizers.revival import CodeRevival, resolve_strategy
 
 BACKENDS = ("vq", "ema_vq")
@@ -198,3 +199,37 @@ def test_configure_revival_swaps_the_policy():
     assert q.configure_revival("batch", dead_code_threshold=2.0).strategy == "batch" and q.dead_code_threshold == 2.0
     assert q.configure_revival("none").strategy == "none" and q.dead_code_threshold == 0.0
     assert "revival" not in {k.split(".")[0] for k in q.state_dict()}  # policies never change checkpoints
+
+
+# --- backends whose codebook is generated ------------------------------------------------------------
+GENERATED = {"vqgan_lc": {"feature_dim": 5}, "vqbridge": {"width": 16, "num_heads": 2, "depth": 1}}
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_generated_codebooks_refuse_revival_and_code_overwrites(name):
+    q = build_quantizer(name, dim=4, codebook_size=16, **GENERATED[name])
+    assert q.revival.strategy == "none"
+    for strategy, options in (("batch", {"dead_code_threshold": 1.0}), ("reservoir", {})):
+        with pytest.raises(TypeError, match="cannot be revived by overwriting its row"):
+            q.configure_revival(strategy, **options)
+    with pytest.raises(TypeError, match="cannot be overwritten"):
+        q.replace_codes(torch.tensor([0]), torch.zeros(1, 4))
+    for option in ({"kmeans_init": True}, {"revival": "batch"}, {"dead_code_threshold": 1.0}, {"code_dim": 2}):
+        with pytest.raises(TypeError, match="unexpected keyword"):  # not offered at all
+            build_quantizer(name, dim=4, codebook_size=16, **GENERATED[name], **option)
+
+
+def test_the_vq_base_refuses_learned_codebook_options_for_generated_codebooks():
+    class Generated(GeneratedCodebookQuantizer):
+        def __init__(self, **options) -> None:
+            VectorQuantizer.__init__(self, 4, 8, **options)
+
+        def generate_codebook(self) -> torch.Tensor:
+            return torch.zeros(8, 4)
+
+    assert Generated().codebook.shape == (8, 4)
+    for options in ({"kmeans_init": True}, {"code_dim": 2}, {"normalize": True}):
+        with pytest.raises(TypeError, match="do not apply"):
+            Generated(**options)
+    with pytest.raises(TypeError, match="cannot be revived"):
+        Generated(dead_code_threshold=1.0)
