@@ -201,6 +201,22 @@ def test_configure_revival_swaps_the_policy():
     assert "revival" not in {k.split(".")[0] for k in q.state_dict()}  # policies never change checkpoints
 
 
+def test_configure_revival_before_training_equals_the_constructor_options():
+    late = make("vq")
+    late.configure_revival("batch", dead_code_threshold=1.0)
+    early = make("vq", dead_code_threshold=1.0)
+    torch.testing.assert_close(late.code_usage, early.code_usage)  # codes start alive at the new threshold
+    for q in (late, early):
+        start_far(q)
+    torch.manual_seed(5)
+    late(blob([0.0, 0.0, 0.0], 32, seed=1))
+    torch.manual_seed(5)
+    early(blob([0.0, 0.0, 0.0], 32, seed=1))
+    assert late.revival.num_revived == early.revival.num_revived == K - 1
+    torch.testing.assert_close(late.codebook, early.codebook, atol=0, rtol=0)
+    torch.testing.assert_close(late.code_usage, early.code_usage, atol=0, rtol=0)
+
+
 # --- backends whose codebook is generated ------------------------------------------------------------
 GENERATED = {"vqgan_lc": {"feature_dim": 5}, "vqbridge": {"width": 16, "num_heads": 2, "depth": 1}}
 

@@ -137,8 +137,11 @@ class VectorQuantizer(Quantizer):
         return self.embedding
 
     def generate_codebook(self) -> Tensor:
-        """(K, C) fp32 codebook from the current parameters, differentiable (here: the, optionally
-        l2-normalised, embedding). Subclasses that compute the codebook with a network override this."""
+        """(K, C) fp32 codebook from the current parameters, differentiable.
+
+        Here the (optionally l2-normalised) embedding; subclasses that compute the codebook with a
+        network (vqgan_lc, vqbridge) override this hook and nothing else of the forward.
+        """
         codes = self._raw_codebook().float()
         return F.normalize(codes, dim=-1) if self.normalize else codes
 
@@ -192,12 +195,22 @@ class VectorQuantizer(Quantizer):
     ) -> CodeRevival:
         """Replace the dead-code revival policy (same options and defaults as the constructor).
 
-        The policy's state (reservoir, counts since the last revival) starts afresh; the running usage
-        ``code_usage`` is kept. Returns the new policy (also ``self.revival``).
+        The policy's state (reservoir, counts since the last revival) starts afresh. Before the first
+        training step this equals building the quantizer with these options (the running usage
+        ``code_usage`` restarts at the new threshold); afterwards ``code_usage`` is kept.
+
+        Returns:
+            the new policy (also ``self.revival``).
+
+        Raises:
+            ValueError: inconsistent options (see ``revival.resolve_strategy``).
+            TypeError: revival asked of a generated codebook.
         """
         strategy = resolve_strategy(revival, dead_code_threshold)
         self.revival = self._build_revival(strategy, dead_code_threshold, revive_every, reservoir_size,
                                            reservoir_per_step)
+        if int(self.steps) == 0:
+            self.code_usage.fill_(float(dead_code_threshold))
         return self.revival
 
     @property
