@@ -110,15 +110,28 @@ def test_compression_weight_lowers_gates() -> None:
 
 def test_reservoir_revives_dead_codes() -> None:
     model = tiny(reservoir_size=32, reservoir_per_step=8, revive_every=2)
+    revival = model.quantizer.revival  # the model's options are forwarded to the quantizer's own revival
+    assert (revival.strategy, revival.reservoir_size, revival.reservoir_per_step, revival.revive_every) == (
+        "reservoir", 32, 8, 2)
     before = model.quantizer.embedding.detach().clone()
     model.train()
     x = torch.randint(0, 256, (4, 6))
     for _ in range(2):
         model(x)
     changed = (model.quantizer.embedding.detach() != before).any(-1)
-    assert model.reservoir.filled > 0
+    assert revival.filled > 0
     assert changed.sum() > 0  # codes no position used were replaced by reservoir latents
-    assert model.counts_since_revival.sum() == 0
+    assert revival.counts_since_revival.sum() == 0
+    assert int(model.steps) == 2
+
+
+def test_reservoir_options_do_not_override_the_quantizers_revival() -> None:
+    encoder, decoder = ByteEncoder(8, 16, 1, 2), SegmentDecoder(8, 16, 1, K)
+    q = build_quantizer("vq", dim=8, codebook_size=16, revival="reservoir", reservoir_size=64, revive_every=5)
+    with pytest.raises(ValueError, match="model.reservoir_size=0"):
+        GatedTextAutoencoder(encoder, q, decoder, BoundaryGate(8, 16, 1, 2, K))
+    model = GatedTextAutoencoder(encoder, q, decoder, BoundaryGate(8, 16, 1, 2, K), reservoir_size=0)
+    assert model.quantizer.revival.reservoir_size == 64 and model.quantizer.revival.revive_every == 5
 
 
 def test_code_strings_have_predicted_lengths() -> None:

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from vqkit.modalities.text import ALiBiTransformer
 from vqkit.modalities.text_bytes import PAD_ID
-from vqkit.modalities.text_reservoir import DistortionReservoir
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.vq import VectorQuantizer
 
 SEGMENTATION_MODES = ("learned", "fixed")
 
@@ -150,10 +150,12 @@ class GatedTextAutoencoder(nn.Module):
         fixed_length: token length of the fixed baseline.
         alpha: weight of the compression loss mean(g) (paper: 2-3).
         gamma: weight of the mask (length head) loss.
-        reservoir_size: latents kept for reviving dead codes (0 = no reservoir revival).
+        reservoir_size: latents kept for reviving dead codes; > 0 switches the quantizer to its reservoir
+            revival (``quantizer.configure_revival("reservoir", ...)``, see ``vqkit.quantizers.revival``) with
+            these three settings; 0 leaves the quantizer's own ``revival`` options in charge.
         reservoir_per_step: the highest-distortion latents of each step offered to the reservoir.
         revive_every: every this many training steps, codes unused since the last revival are replaced
-            by reservoir samples.
+            by reservoir samples (<= 0: no revival).
     """
 
     def __init__(
@@ -191,10 +193,25 @@ class GatedTextAutoencoder(nn.Module):
         self.fixed_length = fixed_length
         self.alpha = alpha
         self.gamma = gamma
-        self.revive_every = revive_every
-        self.reservoir = DistortionReservoir(quantizer, reservoir_size, reservoir_per_step) if reservoir_size else None
+        if reservoir_size and revive_every > 0:
+            self._use_reservoir_revival(quantizer, reservoir_size, reservoir_per_step, revive_every)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("counts_since_revival", torch.zeros(quantizer.codebook_size), persistent=False)
+
+    @staticmethod
+    def _use_reservoir_revival(quantizer: Quantizer, size: int, per_step: int, every: int) -> None:
+        """Forward the model's reservoir options to the quantizer, which revives its own codes."""
+        if not isinstance(quantizer, VectorQuantizer) or not quantizer.writable_codebook:
+            raise TypeError(
+                "reservoir revival needs a quantizer with writable codes (vq, ema_vq); got "
+                f"{type(quantizer).__name__}: set model.reservoir_size=0"
+            )
+        if quantizer.revival.enabled:
+            raise ValueError(
+                f"the quantizer already revives dead codes (revival={quantizer.revival.strategy!r}); set "
+                "model.reservoir_size=0 to keep the quantizer's own revival options, or drop them (revival, "
+                "dead_code_threshold) to use the model's reservoir"
+            )
+        quantizer.configure_revival("reservoir", revive_every=every, reservoir_size=size, reservoir_per_step=per_step)
 
     # --- segmentation ------------------------------------------------------------------
     def fixed_gates(self, valid: Tensor) -> Tensor:
@@ -236,7 +253,7 @@ class GatedTextAutoencoder(nn.Module):
         losses.update({f"quantizer/{name}": v for name, v in q.losses.items()})
 
         if self.training:
-            self._revival_step(z, q, valid)
+            self.steps += 1
         metrics = self._metrics(boundaries, valid, byte_logits, length_logits, targets)
         return GQOutput(loss, losses, gates, boundaries, q.indices, byte_logits, length_logits, q, metrics)
 
@@ -257,23 +274,6 @@ class GatedTextAutoencoder(nn.Module):
             "tokens_correct": token_ok.sum().float(),
             "segment_bytes_correct": ((hit & in_segment).sum(-1) * ends).sum().float(),
         }
-
-    # --- dead-code revival from the reservoir -------------------------------------------
-    @torch.no_grad()
-    def _revival_step(self, z: Tensor, q: QuantizerOutput, valid: Tensor) -> None:
-        from vqkit.quantizers.distributed import all_reduce_sum
-
-        ids = q.indices[valid]
-        self.counts_since_revival += torch.bincount(ids, minlength=self.quantizer.codebook_size).float()
-        if self.reservoir is not None:
-            self.reservoir.offer(z[valid].detach(), ids)
-        self.steps += 1
-        if self.reservoir is None or self.revive_every <= 0 or int(self.steps) % self.revive_every:
-            return
-        counts = all_reduce_sum(self.counts_since_revival.clone())
-        dead = (counts == 0).nonzero().squeeze(1)
-        self.reservoir.revive(dead)
-        self.counts_since_revival.zero_()
 
     # --- inference ------------------------------------------------------------------------
     @torch.no_grad()
