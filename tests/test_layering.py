@@ -76,7 +76,6 @@ RULES: dict[str, Rule] = {
     "eval":             all_but("train", "tools.codebook", "tools.audio"),
     "tools":            all_but("train", "eval"),  # tools.codebook (reads checkpoints via export), tools.audio
     "train":            all_but(),
-    "codebook":         all_but(),  # temporary alias of tools.codebook for VQGANLCQuantizer(build=...)
 }
 
 # Imports allowed despite RULES: (file, function whose body may hold it, imported module).
@@ -91,9 +90,6 @@ EXCEPTIONS = {
 # left out on purpose so that unrelated edits do not break the test. An entry that no longer occurs makes
 # the test fail: delete it when its import is gone.
 KNOWN_VIOLATIONS = {
-    # removed by the issue-13 redesign: VQGANLCQuantizer(build=...) goes; the codebook is built by the
-    # `prepare:` step (vqkit.tools.codebook.ensure_codebook) before the model exists
-    ("vqkit/quantizers/vqgan_lc.py", "vqkit.codebook"),
     # removed by the issue-13 redesign: tokenizers read audio files and text documents through vqkit.data,
     # whose package imports lightning; the readers move below the tokenizers (modalities or tokenizers)
     ("vqkit/tokenizers/text.py", "vqkit.data.text"),
@@ -273,12 +269,6 @@ print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {set(FRAMEWOR
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == [], f"loaded by importing the modules of {low}"
-
-
-def test_the_legacy_codebook_alias_goes_with_its_last_user() -> None:
-    if (ROOT / PACKAGE / "codebook.py").exists():
-        users = [i for i in imports(ROOT / PACKAGE) if i.target == f"{PACKAGE}.codebook"]
-        assert users, "nothing imports vqkit.codebook any more: delete vqkit/codebook.py and its RULES entry"
 
 
 # --- the checker itself, on a tiny synthetic tree -------------------------------------------------------
