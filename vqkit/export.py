@@ -28,7 +28,6 @@ import torch
 
 from vqkit import __version__
 from vqkit.lit.tokenizer_module import TokenizerModule
-from vqkit.tokenizers import FORMAT, FORMAT_VERSION, PARTS, Tokenizer, tokenizer_from_config
 
 log = logging.getLogger("vqkit.export")
 
@@ -90,6 +89,8 @@ def artifact_config(checkpoint: dict[str, Any], source: Path, modality: str = "a
     Raises:
         ValueError: the checkpoint has no ``vqkit_config`` with a model config.
     """
+    from vqkit.tokenizers import FORMAT, FORMAT_VERSION, PARTS  # (image/audio path, being rewritten)
+
     run_config = checkpoint.get("vqkit_config")
     model = run_config.get("model") if isinstance(run_config, dict) else None
     if not isinstance(model, dict) or not all(isinstance(model.get(part), dict) for part in PARTS):
@@ -126,16 +127,17 @@ def artifact_config(checkpoint: dict[str, Any], source: Path, modality: str = "a
 
 
 def is_text_checkpoint(checkpoint: dict[str, Any]) -> bool:
-    """Whether a vqkit.train checkpoint holds a GQ-VAE text model (``vqkit.lit.GQModule``)."""
+    """Whether a vqkit.train checkpoint holds a GQ-VAE text model (``vqkit.models.TextTokenizer``)."""
     run_config = checkpoint.get("vqkit_config")
     model = run_config.get("model") if isinstance(run_config, dict) else None
-    return isinstance(model, dict) and model.get("_target_") in ("vqkit.lit.GQModule", "vqkit.lit.gq_module.GQModule")
+    return isinstance(model, dict) and model.get("_target_") in ("vqkit.models.TextTokenizer",
+                                                                 "vqkit.models.text.TextTokenizer")
 
 
 def export_tokenizer(
     ckpt_path: str | os.PathLike, out: str | os.PathLike, allow_pickle: bool = False, modality: str = "auto",
     **text_options: Any,
-) -> Tokenizer:
+) -> Any:
     """Write the tokenizer artifact of a checkpoint into the directory ``out``.
 
     Args:
@@ -162,6 +164,8 @@ def export_tokenizer(
         raise ValueError(
             f"{', '.join(sorted(text_options))} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one"
         )
+    from vqkit.tokenizers import PARTS, tokenizer_from_config  # (image/audio path, being rewritten)
+
     config = artifact_config(checkpoint, ckpt_path, modality)
     quantizer = config["quantizer"]
     if isinstance(quantizer, dict) and quantizer.get("init_codebook_path"):
