@@ -11,7 +11,9 @@ from hydra.utils import instantiate
 import vqkit
 from vqkit.config import compose_train_config
 from vqkit.export import main as export_main
-from vqkit.lit import GQModule
+from vqkit.lit import TokenizerModule
+from vqkit.models import TextTokenizer
+from vqkit.train import build_module
 from vqkit.tokenizers.text import GQTokenizer
 from vqkit.train import train
 
@@ -19,9 +21,9 @@ from vqkit.train import train
 @pytest.mark.parametrize(
     "overrides",
     [
-        ("model=text_gq", "quantizer=vq"),
-        ("model=text_gq", "quantizer=ema_vq", "data.segmentation=across"),
-        ("model=text_fixed", "quantizer=vq"),
+        ("model=text_gq",),
+        ("model=text_gq", "quantizer.inner=ema_vq", "data.segmentation=across"),
+        ("model=text_fixed",),
     ],
     ids=["gq-vq", "gq-ema-across", "fixed"],
 )
@@ -36,12 +38,29 @@ def test_fast_dev_run(overrides: tuple[str, ...], make_text_config) -> None:
 
 def test_recipes_compose(tmp_path: Path) -> None:
     paper = compose_train_config(["recipe=gqvae_tinystories", "data.root=/nonexistent"], tmp_path / "a")
-    assert paper.model.decoder.max_token_len == 10 and paper.model.alpha == 3.0 and paper.quantizer.swap_loss_weights
-    assert paper.quantizer.codebook_size == 50000 and paper.data.row_len == 16
+    assert paper.model.decoder.max_token_len == 10 and paper.module.losses.compression.weight == 3.0
+    assert paper.quantizer.inner == "vq" and paper.quantizer.inner_options.swap_loss_weights
+    assert paper.quantizer.codebook_size == 50000 and paper.data.row_len == 16 and paper.quantizer.width == 1024
+    GlobalHydra.instance().clear()
     cpu = compose_train_config(["recipe=gqvae_shakespeare_cpu", "model.encoder.width=16", "model.encoder.depth=1",
-                                "model.decoder.width=16", "model.gate.width=16", "quantizer.codebook_size=16"],
+                                "model.decoder.width=16", "quantizer.width=16", "quantizer.codebook_size=16"],
                                tmp_path / "b")
-    assert isinstance(instantiate(cpu.model), GQModule)
+    assert cpu.module.losses.compression.weight == 1.0 and cpu.quantizer.inner_options.kmeans_batches == 4
+    module = build_module(cpu)
+    assert isinstance(module, TokenizerModule) and isinstance(module.model, TextTokenizer)
+    assert module.model.quantizer.segmentation == "learned" and module.model.quantizer.inner_name == "vq"
+    assert module.param_group_rules == [{"match": r"^model\.quantizer\.inner\.", "lr_scale": 10.0,
+                                         "weight_decay": 0.0}]
+    GlobalHydra.instance().clear()
+    fixed = compose_train_config(["recipe=gqvae_shakespeare_cpu", "model=text_fixed", "model.decoder.max_token_len=8",
+                                  "model.encoder.width=16", "model.encoder.depth=1", "model.decoder.width=16",
+                                  "quantizer.codebook_size=16"], tmp_path / "c")
+    quantizer = build_module(fixed).model.quantizer
+    assert quantizer.segmentation == "fixed" and quantizer.fixed_length == 8 == quantizer.max_token_len
+    assert quantizer.gate is None
+    GlobalHydra.instance().clear()
+    with pytest.raises(Exception, match="quantizer=gq"):  # a text model with a plain codebook quantizer
+        build_module(compose_train_config(["data=shakespeare", "model=text_gq", "quantizer=vq"], tmp_path / "d"))
     GlobalHydra.instance().clear()
 
 
@@ -53,6 +72,8 @@ def test_train_export_load_round_trip(make_text_config, tmp_path: Path, capsys) 
     assert "text tokenizer" in capsys.readouterr().out
     tok = vqkit.load_tokenizer(out)
     assert isinstance(tok, GQTokenizer) and tok.config["training"]["step"] == 3 and tok.model is not None
+    assert tok.config["format_version"] == 2 and tok.config["model"]["_target_"] == "vqkit.models.TextTokenizer"
+    assert isinstance(tok.model, TextTokenizer)
     text = "Shall I compare thee to a summer's day? 夏の日 🌞"
     for mode in ("vocab", "model"):
         assert tok.set_mode(mode).decode(tok.encode(text)) == text
