@@ -169,13 +169,18 @@ def test_codebook_property(name):
 
 
 def _own_params(name: str) -> set[str]:
+    """The options a backend's constructor accepts: its own, and its parents' where it passes ``**kwargs`` on."""
     import inspect
 
-    params = set()
+    params: set[str] = set()
     for cls in quantizer_class(name).__mro__:
-        if "__init__" in vars(cls):
-            params |= set(inspect.signature(cls.__init__).parameters)
-    return params
+        if "__init__" not in vars(cls):
+            continue
+        signature = inspect.signature(cls.__init__).parameters.values()
+        params |= {p.name for p in signature if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break
+    return params - {"self"}
 
 
 def _init_params(name: str) -> set[str]:
@@ -322,3 +327,34 @@ def test_module_cast_to_low_precision_still_runs(name):
     out = q(z)
     assert out.z_q.dtype == torch.bfloat16 and torch.isfinite(out.loss)
     assert q.codebook.dtype == torch.float32
+
+
+def test_batch_usage_metrics_values():
+    from vqkit.quantizers.base import batch_usage_metrics
+
+    uniform = batch_usage_metrics(torch.tensor([0.0, 5.0, 5.0, 5.0, 0.0, 5.0]))
+    assert uniform["perplexity"].item() == pytest.approx(4.0) and uniform["used_codes"].item() == 4
+    skewed = batch_usage_metrics(torch.tensor([3.0, 1.0]))
+    assert skewed["perplexity"].item() == pytest.approx(float(torch.exp(-(0.75 * torch.log(torch.tensor(0.75))
+                                                                           + 0.25 * torch.log(torch.tensor(0.25))))))
+    empty = batch_usage_metrics(torch.zeros(8))
+    assert empty["perplexity"].item() == pytest.approx(1.0) and empty["used_codes"].item() == 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_usage_metrics_come_from_the_base_over_the_batch_ids(name, training):
+    """Every single-stage backend reports batch_usage_metrics of the ids it returns (tokens under the mask)."""
+    from vqkit.quantizers.base import batch_usage_metrics
+
+    q = make(name).train(training)
+    mask = torch.rand(B, N, generator=torch.Generator().manual_seed(4)) > 0.3
+    out = q(latents(), mask)
+    if q.num_stages is not None:  # multi-stage: per stage, from that stage's ids
+        for k in range(q.num_stages):
+            expected = batch_usage_metrics(torch.bincount(out.indices[..., k][mask], minlength=K).float())
+            for key, value in expected.items():
+                torch.testing.assert_close(out.metrics[f"stage{k}/{key}"], value)
+        return
+    expected = batch_usage_metrics(torch.bincount(position_ids(out)[mask], minlength=K).float())
+    for key, value in expected.items():
+        torch.testing.assert_close(out.metrics[key], value)

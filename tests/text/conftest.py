@@ -27,6 +27,8 @@ TINY_TEXT = [
     "model.decoder.depth=1",
     "model.decoder.max_token_len=8",
     "quantizer.codebook_size=32",
+    "quantizer.inner_options.reservoir_size=64",
+    "quantizer.inner_options.reservoir_per_step=16",
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
 ]

@@ -251,3 +251,21 @@ def test_gate_is_decayed_like_the_encoder_and_the_codebook_gets_its_learning_rat
     built = module.build_optimizer(optimizer, module.parameter_groups())
     assert [g["lr"] for g in built.param_groups] == [1e-3, 1e-3, pytest.approx(1e-2)]
     assert [g["weight_decay"] for g in built.param_groups] == [1e-4, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("inner", ["vq", "ema_vq"])
+def test_reservoir_revival_of_the_inner_backend_revives_dead_codes(inner: str) -> None:
+    model = tiny(inner=inner, revival="reservoir", reservoir_size=32, reservoir_per_step=8, revive_every=2)
+    inner_q = model.quantizer.inner
+    before = inner_q.codebook.detach().clone()
+    model.train()
+    x = torch.randint(0, 256, (4, 6))
+    model(x)
+    revival = inner_q.revival
+    assert revival.filled == 8 and int(revival.counts_since_revival.sum()) == int((x != PAD_ID).sum())
+    assert torch.equal(inner_q.codebook, before) or inner == "ema_vq"  # no revival before step 2
+    model(x)
+    used = revival.counts_since_revival.sum()
+    changed = (inner_q.codebook.detach() != before).any(-1)
+    assert revival.filled == 16 and used == 0  # the counts start again after a revival
+    assert changed.sum() > 0  # codes no position used were replaced by reservoir latents
