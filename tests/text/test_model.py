@@ -89,7 +89,8 @@ def test_forward_shapes_losses_and_gradients(inner: str) -> None:
     m = int(valid.sum())
     q = out.quantized
     assert out.reconstruction.shape == (m, K, 256) and out.extras["length_logits"].shape == (m, K)
-    assert q.gates.shape == x.shape and q.segment_mask.shape == (*x.shape, K) and out.extras["segment_mask"].shape == (m, K)
+    assert q.gates.shape == x.shape and q.segment_mask.shape == (*x.shape, K)
+    assert out.extras["segment_mask"].shape == (m, K)
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
     assert (q.gates[~valid] == 0).all() and (q.indices[~valid] == -1).all() and (q.codes[~valid] == -1).all()
     assert (q.codes[valid] >= 0).all()  # every real byte is quantized ...
@@ -133,7 +134,8 @@ def test_loss_terms_match_a_direct_computation() -> None:
     assert float(losses["compression"]) == pytest.approx(float(q.gates.sum()) / n_real, rel=1e-6)
 
 
-def _output(boundaries: list[int], windows: list[list[int]], decoded: list[list[int]], lengths: list[int]) -> ModelOutput:
+def _output(boundaries: list[int], windows: list[list[int]], decoded: list[list[int]],
+            lengths: list[int]) -> ModelOutput:
     """A one-row ModelOutput with every real byte valid, chosen token ends, argmax bytes and length-head lengths."""
     targets = torch.tensor(windows)
     logits = torch.full((*targets.shape, 256), -10.0)

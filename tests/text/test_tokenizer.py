@@ -148,7 +148,7 @@ def test_hugging_face_export_matches_vocab_mode(tmp_path: Path) -> None:
 
 
 def test_format_version_1_artifacts_still_load(tmp_path: Path, tokenizers) -> None:
-    """A vqkit 0.1 text artifact (parts of GatedTextAutoencoder, gate beside the quantizer) loads as the same network."""
+    """A vqkit 0.1 text artifact (GatedTextAutoencoder parts, the gate beside the quantizer) loads as the same net."""
     import json
 
     from safetensors.torch import load_file, save_file
@@ -178,7 +178,8 @@ def test_format_version_1_artifacts_still_load(tmp_path: Path, tokenizers) -> No
     save_file(old_names, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(config))
     loaded = vqkit.load_tokenizer(folder)
-    assert loaded.mode == "model" and loaded.config["model"]["quantizer"]["_target_"] == "vqkit.quantizers.GatedQuantizer"
+    assert loaded.mode == "model"
+    assert loaded.config["model"]["quantizer"]["_target_"] == "vqkit.quantizers.GatedQuantizer"
     for text in SCRIPTS:
         assert loaded.encode(text) == tok.encode(text)
     resaved = vqkit.load_tokenizer(loaded.save(tmp_path / "again"))  # written as format version 2

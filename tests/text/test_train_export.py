@@ -6,16 +6,14 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 
 import vqkit
 from vqkit.config import compose_train_config
 from vqkit.export import main as export_main
 from vqkit.lit import TokenizerModule
 from vqkit.models import TextTokenizer
-from vqkit.train import build_module
 from vqkit.tokenizers.text import GQTokenizer
-from vqkit.train import train
+from vqkit.train import build_module, train
 
 
 @pytest.mark.parametrize(
