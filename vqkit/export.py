@@ -130,8 +130,10 @@ def is_text_checkpoint(checkpoint: dict[str, Any]) -> bool:
     """Whether a vqkit.train checkpoint holds a GQ-VAE text model (``vqkit.models.TextTokenizer``)."""
     run_config = checkpoint.get("vqkit_config")
     model = run_config.get("model") if isinstance(run_config, dict) else None
-    return isinstance(model, dict) and model.get("_target_") in ("vqkit.models.TextTokenizer",
-                                                                 "vqkit.models.text.TextTokenizer")
+    return isinstance(model, dict) and model.get("_target_") in (
+        "vqkit.models.TextTokenizer", "vqkit.models.text.TextTokenizer",
+        "vqkit.lit.GQModule", "vqkit.lit.gq_module.GQModule",  # vqkit 0.1 checkpoints (converted on export)
+    )
 
 
 def export_tokenizer(

@@ -75,3 +75,39 @@ def test_train_export_load_round_trip(make_text_config, tmp_path: Path, capsys) 
     text = "Shall I compare thee to a summer's day? 夏の日 🌞"
     for mode in ("vocab", "model"):
         assert tok.set_mode(mode).decode(tok.encode(text)) == text
+
+
+def test_checkpoints_of_vqkit_0_1_export_the_same_tokenizer(make_text_config, tmp_path: Path) -> None:
+    """A GQModule checkpoint (model parts at the top of vqkit_config.model, gate beside the quantizer) exports."""
+    import torch
+
+    result = train(make_text_config("model=text_gq", "trainer.max_steps=2", "test=false"))
+    checkpoint = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)
+    model = checkpoint["vqkit_config"]["model"]
+    gq = model["quantizer"]
+    checkpoint["vqkit_config"]["model"] = {
+        "_target_": "vqkit.lit.GQModule", "encoder": model["encoder"], "decoder": model["decoder"],
+        "quantizer": {"_target_": "vqkit.quantizers.VectorQuantizer", "dim": gq["dim"],
+                      "codebook_size": gq["codebook_size"], "kmeans_init": True},
+        "gate": {"_target_": "vqkit.modalities.text_gq.BoundaryGate", "width": gq["width"], "depth": gq["depth"],
+                 "num_heads": gq["num_heads"]},
+        "alpha": 2.0, "reservoir_size": 64, "codebook_lr_scale": 10.0,
+        "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True},
+    }
+    renamed = {}
+    for name, tensor in checkpoint["state_dict"].items():
+        name = name.replace("model.quantizer.gate.", "model.gate.")
+        name = name.replace("model.quantizer.inner.", "model.quantizer.")
+        renamed[name] = tensor
+    renamed["model.steps"] = torch.tensor(2)
+    checkpoint["state_dict"] = renamed
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    assert export_main([f"ckpt_path={old}", f"out={tmp_path / 'old'}"]) == 0
+    assert export_main([f"ckpt_path={result['checkpoint']}", f"out={tmp_path / 'new'}"]) == 0
+    converted, current = vqkit.load_tokenizer(tmp_path / "old"), vqkit.load_tokenizer(tmp_path / "new")
+    assert converted.vocab == current.vocab
+    expected = {**current.config["model"]["quantizer"], "inner_options": {"kmeans_init": True}}
+    assert converted.config["model"]["quantizer"] == {k: v for k, v in expected.items() if k != "kernel"}
+    text = "Shall I compare thee to a summer's day?"
+    assert converted.set_mode("model").encode(text) == current.set_mode("model").encode(text)

@@ -57,6 +57,7 @@ VOCAB_NAME = "vocab.json"
 HF_NAME = "tokenizer.json"
 ENCODE_MODES = ("vocab", "model")
 LEGACY_PARTS = ("encoder", "decoder", "quantizer", "gate")  # format version 1: the network's parts, gate apart
+LEGACY_MODULE_TARGETS = ("vqkit.lit.GQModule", "vqkit.lit.gq_module.GQModule")  # vqkit 0.1 training checkpoints
 
 
 def _version() -> str:
@@ -423,7 +424,8 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
     """Write the GQTokenizer artifact of a ``vqkit.train`` checkpoint of a text model into ``out``.
 
     The checkpoint's ``vqkit_config["model"]`` is the ``TextTokenizer`` config subtree and its ``state_dict``
-    holds the model's weights as ``model.*`` (the ``TokenizerModule`` layout).
+    holds the model's weights as ``model.*`` (the ``TokenizerModule`` layout). Checkpoints of vqkit 0.1's
+    ``GQModule`` are converted (``legacy_model_config``, ``legacy_state_dict``).
 
     Args:
         vocab_size, strings, prune: see ``GQTokenizer.from_model`` (defaults: the paper's export, no text needed).
@@ -439,6 +441,11 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
     segmentation = data_config.get("segmentation", "within")
     row_len = int(data_config.get("row_len", 16))
     state = {k[len("model."):]: v for k, v in (checkpoint.get("state_dict") or {}).items() if k.startswith("model.")}
+    model_config = dict(run_config.get("model") or {})
+    if model_config.get("_target_") in LEGACY_MODULE_TARGETS:  # a vqkit 0.1 checkpoint of GQModule
+        model_config = legacy_model_config({k: v for k, v in model_config.items() if k != "_target_"},
+                                           f"{ckpt_path} (vqkit_config)")
+        state = legacy_state_dict(state)
     vocab_options: dict[str, Any] = {}
     if vocab_size is not None or strings != "decoded":
         from vqkit.data.text import read_documents, training_documents
@@ -447,9 +454,7 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
         rows = sample_rows(documents, row_len, segmentation, vocab_rows)
         vocab_options = {"vocab_rows": rows, "strings": strings, "vocab_size": vocab_size, "prune": prune}
     try:
-        tokenizer = tokenizer_from_model_config(
-            dict(run_config.get("model") or {}), segmentation, row_len, "vocab", state, **vocab_options
-        )
+        tokenizer = tokenizer_from_model_config(model_config, segmentation, row_len, "vocab", state, **vocab_options)
     except RuntimeError as err:
         raise ValueError(f"the weights of {ckpt_path} do not fit the model of its vqkit_config: {err}") from err
     if vocab_options:
