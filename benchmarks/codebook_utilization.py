@@ -25,7 +25,7 @@ feature vectors and measured on held-out vectors of the same distribution:
 
 Backends: vqkit ``vq`` (k-means init on its first batch), ``vq`` with dead-code revival, ``ema_vq``
 (k-means init), ``softvq``, ``vqgan_lc`` (frozen codebook = mini-batch k-means of the training pool,
-as ``python -m vqkit.codebook`` builds it; the codes live in the latents' own space, so the Linear
+as ``python -m vqkit.tools.codebook`` builds it; the codes live in the latents' own space, so the Linear
 projector starts at the identity), ``vqbridge`` (the paper's set-up: random raw codebook, ViT bridge
 with zero-init output, no residual, automatic patch size), ``vqbridge_kmeans`` (the same bridge with
 ``residual=True`` and the raw codebook started from the k-means file), and vector-quantize-pytorch's
@@ -135,14 +135,14 @@ def _child_features(spec: dict[str, Any]) -> dict[str, Any]:
 
 # --- one cell (child) -------------------------------------------------------------------------------
 def _kmeans_codebook(train: Any, k: int, seed: int, features: Path) -> tuple[Path, float]:
-    """K mini-batch k-means centres of the training pool as a codebook file (what ``python -m vqkit.codebook``
+    """K mini-batch k-means centres of the training pool as a codebook file (what ``python -m vqkit.tools.codebook``
     writes), built once per (feature file, K, seed) next to the feature file and shared by the backends that
     start from it; returns the file and the seconds its k-means took (stored in the file, so a cached file
     reports the same figure)."""
     import torch
 
-    from vqkit.codebook import minibatch_kmeans
     from vqkit.quantizers.codebook_file import load_codebook, save_codebook
+    from vqkit.tools.codebook import minibatch_kmeans
 
     path = features.with_name(f"{features.stem}_kmeans_K{k}_s{seed}.safetensors")
     if not path.is_file():

@@ -87,7 +87,7 @@ def fast_overrides(overrides: list[str]) -> list[str]:
     if is_text(overrides):
         from tests.text.conftest import TINY_GATE, TINY_TEXT
 
-        text = list(TINY_TEXT) + ([] if "model=text_fixed" in overrides else list(TINY_GATE))
+        text = list(TINY_TEXT) + list(TINY_GATE)
         if not any(o.startswith(("model=", "recipe=")) for o in overrides):
             text.append("model=text_gq")  # a text data option alone keeps the default image model
         if not any(o.startswith(("data=", "recipe=")) for o in overrides):

@@ -1,14 +1,19 @@
-"""`python -m vqkit.codebook`: k-means pieces, a tiny end-to-end build, and clear errors."""
+"""`python -m vqkit.tools.codebook`: k-means pieces, a tiny end-to-end build, clear errors, ensure_codebook."""
 
 from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from vqkit.codebook import main, minibatch_kmeans, pool_grid, split_codes
 from vqkit.quantizers import build_quantizer
-from vqkit.quantizers.codebook_file import load_codebook
+from vqkit.quantizers.codebook_file import load_codebook, save_codebook
+from vqkit.tools import codebook as codebook_tool
+from vqkit.tools.codebook import ensure_codebook, main, minibatch_kmeans, pool_grid, split_codes
 
 TINY = ["--num-images", "8", "--image-size", "32", "--encoder-size", "64", "--iters", "5", "--batch-size", "8"]
 
@@ -72,3 +77,68 @@ def test_missing_inputs_give_clear_errors(tmp_path, capsys):
                  "--weights-path", str(tmp_path / "no.pth"), *TINY]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+# --- ensure_codebook: the explicit preparation step ---------------------------------------------------
+TINY_OPTIONS = {"num_images": 8, "image_size": 32, "encoder_size": 64, "iters": 5, "batch_size": 8, "progress": False}
+
+
+def fake_features(args, progress=True):
+    """Random (64, 4) features instead of the encoder: the file logic is under test, not the features."""
+    return torch.randn(64, 4, generator=torch.Generator().manual_seed(args.seed)), None, {"data": "fake"}
+
+
+def test_ensure_codebook_builds_once_then_keeps_the_file(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "run" / "codebook.safetensors"
+    with caplog.at_level(logging.INFO, logger="vqkit.tools.codebook"):
+        assert ensure_codebook(str(path), 16, **TINY_OPTIONS) == path
+    assert "missing; building K=16" in caplog.text
+    codebook, meta = load_codebook(path, expected_size=16)
+    assert codebook.shape == (16, 1280) and meta["source"] == "efficientnet_lite0"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left beside it
+    built = path.stat().st_mtime_ns
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("ensure_codebook rebuilt a file that fits")
+
+    monkeypatch.setattr(codebook_tool, "build_codebook", no_rebuild)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vqkit.tools.codebook"):
+        assert ensure_codebook(path, 16, **TINY_OPTIONS) == path
+    assert path.stat().st_mtime_ns == built and "present, K=16 x F=1280; not rebuilt" in caplog.text
+
+
+def test_ensure_codebook_refuses_a_file_that_does_not_fit(tmp_path):
+    path = save_codebook(tmp_path / "cb.safetensors", torch.randn(8, 4))
+    before = path.stat().st_mtime_ns
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} holds K=8 codes but K=16"):
+        ensure_codebook(path, 16)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(path.read_bytes()[:-10])  # truncated
+    with pytest.raises(ValueError, match=rf"{re.escape(str(corrupt))} is not a readable safetensors codebook"):
+        ensure_codebook(corrupt, 8)
+    assert path.stat().st_mtime_ns == before  # never overwritten
+    with pytest.raises(ValueError, match=re.escape("prepare=[]")):
+        ensure_codebook(None, 8)
+    with pytest.raises(TypeError, match="out"):
+        ensure_codebook(tmp_path / "new.safetensors", 8, out="elsewhere.safetensors")
+    with pytest.raises(TypeError, match="no_such_option"):
+        ensure_codebook(tmp_path / "new.safetensors", 8, no_such_option=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cb.safetensors", "corrupt.safetensors"]
+
+
+def test_an_interrupted_build_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(codebook_tool, "extract_features", fake_features)
+    path = tmp_path / "cb.safetensors"
+
+    def killed_writer(out, codebook, metadata=None):
+        Path(out).write_bytes(b"half a file")
+        raise KeyboardInterrupt  # as if the run were stopped mid-write
+
+    monkeypatch.setattr(codebook_tool, "save_codebook", killed_writer)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_codebook(path, 8, progress=False)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(codebook_tool, "save_codebook", save_codebook)
+    ensure_codebook(path, 8, progress=False)  # the next run builds it
+    assert load_codebook(path, expected_size=8)[0].shape == (8, 4)

@@ -19,7 +19,7 @@ from vqkit.train import train
 MODALITIES = {
     "image": ["quantizer=vq"],
     "audio": ["data=speech", "model=audio_conv", "quantizer=vq", "callbacks.audio_samples=null"],
-    "text": ["data=shakespeare", "model=text_gq", "quantizer=vq"],
+    "text": ["data=shakespeare", "model=text_gq"],
 }
 
 

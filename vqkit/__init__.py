@@ -1,7 +1,7 @@
 """vqkit: vector-quantization tokenizers for text, images and audio."""
 
-from vqkit.quantizers import QuantizerOutput, build_quantizer, list_quantizers
 from vqkit.models import AudioTokenizer, ImageTokenizer, TokenizerModel
+from vqkit.quantizers import QuantizerOutput, build_quantizer, list_quantizers
 from vqkit.tokenizers import load_tokenizer
 
 __version__ = "0.1.0"

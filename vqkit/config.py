@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -25,15 +24,6 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run config with every interpolation resolved, without Hydra's own ``hydra`` node."""
-    return {
-        key: OmegaConf.to_container(node, resolve=True, throw_on_missing=True) if OmegaConf.is_config(node) else node
-        for key, node in cfg.items()
-        if key != "hydra"
-    }
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

@@ -91,12 +91,21 @@ def export_tokenizer(ckpt_path: str | os.PathLike, out: str | os.PathLike, allow
     ckpt_path = Path(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path, allow_pickle)
     config = model_config(checkpoint, ckpt_path)
-    if getattr(resolve_target(config["_target_"], f"{ckpt_path}: vqkit_config.model"), "modality", None) == "text":
-        from vqkit.tokenizers.text import export_text_checkpoint
+    from vqkit.tokenizers.text import LEGACY_MODULE_TARGETS, export_text_checkpoint
 
+    if config["_target_"] in LEGACY_MODULE_TARGETS:  # a vqkit 0.1 text checkpoint: converted on export
+        return export_text_checkpoint(checkpoint, ckpt_path, out, **text_options)
+    cls = resolve_target(config["_target_"], f"{ckpt_path}: vqkit_config.model")
+    if not issubclass(cls, TokenizerModel):
+        raise ValueError(
+            f"{ckpt_path}: vqkit_config.model builds {config['_target_']}, not a vqkit.models tokenizer model: a "
+            "checkpoint of vqkit 0.1 (image/audio models were not yet one nn.Module); retrain it with this vqkit"
+        )
+    if cls.modality == "text":
         return export_text_checkpoint(checkpoint, ckpt_path, out, **text_options)
     if text_options:
-        raise ValueError(f"{', '.join(sorted(text_options))} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one")
+        names = ", ".join(sorted(text_options))
+        raise ValueError(f"{names} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one")
     model = TokenizerModel.from_config(without_seed_files(config), f"{ckpt_path}: vqkit_config.model")
     try:
         model.load_state_dict(model_state(checkpoint, ckpt_path), strict=True)

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from vqkit.callbacks.audio_samples import AudioSamples
 from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
-from vqkit.config import register_resolvers, resolved_config
-from vqkit.lit.run_config import module_from_config
+from vqkit.config import register_resolvers
+from vqkit.lit.run_config import module_from_config, resolved_config
 
 register_resolvers()
 

@@ -1,4 +1,4 @@
-"""Training through Hydra on the embedded speech, export, the AudioTokenizer and the vqkit.audio CLI."""
+"""Training through Hydra on the embedded speech, export, the AudioTokenizer and the vqkit.tools.audio CLI."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from vqkit.audio import main as audio_cli
 from vqkit.export import export_tokenizer
 from vqkit.models import AudioTokenizer
 from vqkit.tokenizers import load_tokenizer
+from vqkit.tools.audio import main as audio_cli
 from vqkit.train import train
 
 RVQ = ["model=audio_conv", "data=speech", "quantizer=residual", "quantizer.num_stages=2"]

@@ -12,9 +12,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from vqkit import assets
-from vqkit.assets import FID_INCEPTION, asset_path, install
 from vqkit.metrics.fid import InceptionFID, frechet_distance, resize_bilinear_tf
+from vqkit.tools import assets
+from vqkit.tools.assets import FID_INCEPTION, asset_path, install
 
 SKIMAGE_DATA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
@@ -126,8 +126,8 @@ def test_frechet_distance_against_closed_forms() -> None:
 
 
 def test_missing_weights_say_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(FileNotFoundError, match=r"python -m vqkit\.assets install"):
+    with pytest.raises(FileNotFoundError, match=r"python -m vqkit\.tools\.assets install"):
         InceptionFID(weights_path=tmp_path / "nope.pt")
     monkeypatch.setenv(assets.ENV_VAR, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"make venv.*python -m vqkit\.assets install.*weights_path"):
+    with pytest.raises(FileNotFoundError, match=r"make venv.*python -m vqkit\.tools\.assets install.*weights_path"):
         InceptionFID()

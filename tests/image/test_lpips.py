@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torchmetrics.functional.image.lpips import _LPIPS
 
-from vqkit import assets
-from vqkit.assets import LPIPS_VGG16, VGG16_CONV_INDICES, asset_path, convert_lpips_vgg16, install, is_intact
 from vqkit.losses.perceptual import LPIPS, TAPS
 from vqkit.metrics.perceptual import LPIPSMetric
+from vqkit.tools import assets
+from vqkit.tools.assets import LPIPS_VGG16, VGG16_CONV_INDICES, asset_path, convert_lpips_vgg16, install, is_intact
 
 SKIMAGE_DATA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
 SIZE = 64
@@ -140,10 +140,10 @@ def test_weights_file_layout(lpips_weights: Path) -> None:
 
 
 def test_missing_weights_say_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(FileNotFoundError, match=r"python -m vqkit\.assets install"):
+    with pytest.raises(FileNotFoundError, match=r"python -m vqkit\.tools\.assets install"):
         LPIPS(weights_path=tmp_path / "nope.safetensors")
     monkeypatch.setenv(assets.ENV_VAR, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"make venv.*python -m vqkit\.assets install.*weights_path"):
+    with pytest.raises(FileNotFoundError, match=r"make venv.*python -m vqkit\.tools\.assets install.*weights_path"):
         LPIPS()
 
 

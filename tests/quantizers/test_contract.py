@@ -1,6 +1,11 @@
 """The contract every registered quantizer backend honours (vqkit/quantizers/base.py).
 
 Parametrized over ``list_quantizers()`` so a newly registered backend is covered automatically.
+
+Variable-token backends (``variable_tokens = True``: the gated quantizer ``gq``) quantize every position
+but emit tokens at some of them only: their ``mask`` marks the tokens (a subset of the input mask),
+``indices`` are -1 between tokens and ``codes`` holds the id of every position. Where a check is about
+every position's id, it reads ``codes`` for them; ``decode(encode(z))`` equals ``z_q`` at the tokens.
 """
 
 from __future__ import annotations
@@ -13,9 +18,25 @@ import torch
 
 import vqkit.quantizers  # noqa: F401  (registers the backends)
 from vqkit.quantizers import QuantizerOutput, build_quantizer, list_quantizers
+from vqkit.quantizers.registry import quantizer_class
 
 D, K, B, N = 8, 16, 3, 10
 NAMES = list_quantizers()
+# Small settings of backends that have networks of their own (the gate of gq).
+SMALL = {"gq": {"max_token_len": 4, "width": 8, "depth": 1, "num_heads": 2}}
+# The inner backend of wrappers: options the wrapper does not take go to it.
+INNER = {"gq": ("inner", "inner_options")}
+
+
+def variable(q) -> bool:
+    """Whether the backend emits tokens at some positions only (``mask`` = its tokens)."""
+    return bool(getattr(q, "variable_tokens", False))
+
+
+def position_ids(out: QuantizerOutput):
+    """The id of every position: ``codes`` for variable-token backends, else ``indices``."""
+    codes = getattr(out, "codes", None)
+    return out.indices if codes is None else codes
 
 
 def test_registry_lists_the_builtin_backends():
@@ -26,6 +47,11 @@ def test_registry_lists_the_builtin_backends():
 
 def make(name: str, seed: int = 0, **kwargs):
     torch.manual_seed(seed)
+    kwargs = {**SMALL.get(name, {}), **kwargs}
+    if name in INNER:  # options of the inner backend
+        own = _own_params(name)
+        inner = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}
+        kwargs[INNER[name][1]] = {**kwargs.get(INNER[name][1], {}), **inner}
     return build_quantizer(name, dim=D, codebook_size=K, **kwargs)
 
 
@@ -63,11 +89,17 @@ def test_output_shapes_and_dtypes(name, training, dtype):
     assert isinstance(out, QuantizerOutput)
     assert out.z_q.shape == (B, N, D) and out.z_q.dtype == dtype
     assert out.indices.shape == ids_shape(q, B, N) and out.indices.dtype == torch.int64
-    assert int(out.indices.min()) >= 0 and int(out.indices.max()) < K
+    ids = position_ids(out)
+    assert ids.shape == ids_shape(q, B, N) and ids.dtype == torch.int64
+    assert int(ids.min()) >= 0 and int(ids.max()) < K
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     for part in out.losses.values():
         assert part.dim() == 0 and torch.isfinite(part)
-    assert out.mask is None
+    if variable(q):  # tokens at some positions: the last one of each row at least, -1 between them
+        assert out.mask.shape == (B, N) and out.mask.dtype == torch.bool and out.mask[:, -1].all()
+        assert torch.equal(out.indices[out.mask], ids[out.mask]) and (out.indices[~out.mask] == -1).all()
+    else:
+        assert out.mask is None
 
 
 def test_gradients_reach_the_input(name):
@@ -93,6 +125,14 @@ def test_decode_of_encode_equals_forward_in_eval(name):
     out = q(z)
     ids = q.encode(z)
     assert torch.equal(ids, out.indices)
+    if variable(q):
+        # only tokens have ids: decode(encode(z)) is z_q at the token positions
+        tokens = out.mask
+        assert tokens.any() and (ids[~tokens] == -1).all()
+        rec = q.decode(ids[tokens])
+        torch.testing.assert_close(rec.to(out.z_q.dtype), out.z_q[tokens], atol=1e-6, rtol=1e-6)
+        assert q.decode(ids[tokens][:3].reshape(1, -1)).shape == (1, min(3, int(tokens.sum())), D)
+        return
     rec = q.decode(ids)
     assert rec.shape == (B, N, D)
     if q.soft:
@@ -128,15 +168,29 @@ def test_codebook_property(name):
         assert q_small(latents()).z_q.shape == (B, N, D)
 
 
-def _init_params(name: str) -> set[str]:
+def _own_params(name: str) -> set[str]:
+    """The options a backend's constructor accepts: its own, and its parents' where it passes ``**kwargs`` on."""
     import inspect
 
-    from vqkit.quantizers.registry import quantizer_class
-
-    params = set()
+    params: set[str] = set()
     for cls in quantizer_class(name).__mro__:
-        if "__init__" in vars(cls):
-            params |= set(inspect.signature(cls.__init__).parameters)
+        if "__init__" not in vars(cls):
+            continue
+        signature = inspect.signature(cls.__init__).parameters.values()
+        params |= {p.name for p in signature if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break
+    return params - {"self"}
+
+
+def _init_params(name: str) -> set[str]:
+    """The options ``make(name, ...)`` accepts: the backend's own, and its inner backend's for wrappers."""
+    params = _own_params(name)
+    if name in INNER:
+        import inspect
+
+        inner = inspect.signature(quantizer_class(name).__init__).parameters[INNER[name][0]].default
+        params |= _own_params(inner)
     return params
 
 
@@ -155,9 +209,16 @@ def test_mask_marks_ignored_positions(name, training):
     out1 = q1(z1, mask)
     out2 = q2(z2, mask)
 
-    assert torch.equal(out1.mask, mask)
+    if variable(q1):  # the tokens are some of the unmasked positions
+        assert not (out1.mask & ~mask).any() and out1.mask[0, 0]  # position 0 is a run of one (1 is masked)
+        assert (position_ids(out1)[~mask] == -1).all()
+        assert (position_ids(out1)[mask] >= 0).all() and (position_ids(out1)[mask] < K).all()
+        assert torch.equal(out1.mask, out2.mask) and torch.equal(position_ids(out1), position_ids(out2))
+    else:
+        assert torch.equal(out1.mask, mask)
     assert (out1.indices[~mask] == -1).all()
-    assert (out1.indices[mask] >= 0).all() and (out1.indices[mask] < K).all()
+    tokens = out1.mask
+    assert (out1.indices[tokens] >= 0).all() and (out1.indices[tokens] < K).all()
     assert torch.equal(out1.indices, out2.indices)
     torch.testing.assert_close(out1.loss, out2.loss, atol=0, rtol=0)
     assert out1.losses.keys() == out2.losses.keys()
@@ -178,7 +239,7 @@ def test_mask_does_not_change_unmasked_indices(name):
     z = latents()
     mask = torch.zeros(B, N, dtype=torch.bool)
     mask[:, ::2] = True
-    assert torch.equal(q(z, mask).indices[mask], q(z).indices[mask])
+    assert torch.equal(position_ids(q(z, mask))[mask], position_ids(q(z))[mask])
     assert torch.equal(q.encode(z, mask), q(z, mask).indices)
 
 
@@ -193,7 +254,8 @@ def test_autocast_bf16_keeps_search_and_statistics_fp32(name):
     ref = q_ref(z.detach().float())  # same values, no autocast
 
     assert out.z_q.dtype == torch.bfloat16
-    assert torch.equal(out.indices, ref.indices)
+    # (variable-token backends: the code of every position; which are tokens is decided by a network under autocast)
+    assert torch.equal(position_ids(out), position_ids(ref))
     assert torch.equal(out.z_q, ref.z_q.to(torch.bfloat16))
     torch.testing.assert_close(out.loss.float(), ref.loss, atol=1e-6, rtol=1e-6)
     assert z.grad is not None and torch.isfinite(z.grad).all()
@@ -265,3 +327,34 @@ def test_module_cast_to_low_precision_still_runs(name):
     out = q(z)
     assert out.z_q.dtype == torch.bfloat16 and torch.isfinite(out.loss)
     assert q.codebook.dtype == torch.float32
+
+
+def test_batch_usage_metrics_values():
+    from vqkit.quantizers.base import batch_usage_metrics
+
+    uniform = batch_usage_metrics(torch.tensor([0.0, 5.0, 5.0, 5.0, 0.0, 5.0]))
+    assert uniform["perplexity"].item() == pytest.approx(4.0) and uniform["used_codes"].item() == 4
+    skewed = batch_usage_metrics(torch.tensor([3.0, 1.0]))
+    assert skewed["perplexity"].item() == pytest.approx(float(torch.exp(-(0.75 * torch.log(torch.tensor(0.75))
+                                                                           + 0.25 * torch.log(torch.tensor(0.25))))))
+    empty = batch_usage_metrics(torch.zeros(8))
+    assert empty["perplexity"].item() == pytest.approx(1.0) and empty["used_codes"].item() == 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_usage_metrics_come_from_the_base_over_the_batch_ids(name, training):
+    """Every single-stage backend reports batch_usage_metrics of the ids it returns (tokens under the mask)."""
+    from vqkit.quantizers.base import batch_usage_metrics
+
+    q = make(name).train(training)
+    mask = torch.rand(B, N, generator=torch.Generator().manual_seed(4)) > 0.3
+    out = q(latents(), mask)
+    if q.num_stages is not None:  # multi-stage: per stage, from that stage's ids
+        for k in range(q.num_stages):
+            expected = batch_usage_metrics(torch.bincount(out.indices[..., k][mask], minlength=K).float())
+            for key, value in expected.items():
+                torch.testing.assert_close(out.metrics[f"stage{k}/{key}"], value)
+        return
+    expected = batch_usage_metrics(torch.bincount(position_ids(out)[mask], minlength=K).float())
+    for key, value in expected.items():
+        torch.testing.assert_close(out.metrics[key], value)

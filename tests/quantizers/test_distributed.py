@@ -1,8 +1,9 @@
 """Codebook state stays identical across ranks (gloo, 2 CPU processes).
 
-Each rank feeds different latents; k-means init, EMA statistics, dead-code revival and
-gradient steps must leave every rank with bit-identical codebooks, and the result must
-differ from a single-process run on rank 0's data (so the test proves the sync happens).
+Each rank feeds different latents; k-means init, EMA statistics, dead-code revival (both
+strategies: batch latents and the distortion reservoir) and gradient steps must leave every
+rank with bit-identical codebooks, and the result must differ from a single-process run on
+rank 0's data (so the test proves the sync happens).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from vqkit.quantizers import build_quantizer
 
 WORLD = 2
 D, K, STEPS = 4, 32, 4
-KINDS = ("ema_vq", "vq")
+KINDS = ("ema_vq", "vq", "ema_vq_reservoir", "vq_reservoir")
+# Reservoir revival: a small reservoir, offered 8 latents per step, revives every 2 steps. Without k-means
+# init, so that most random codes (near the origin) go unused and are revived at step 2.
+RESERVOIR = {"revival": "reservoir", "reservoir_size": 16, "reservoir_per_step": 8, "revive_every": 2}
 # Rank r's latents sit around CENTRES[r]: far apart, so codes placed from one rank's data
 # alone are easy to tell from codes placed from both.
 CENTRES = (torch.tensor([3.0, 0.0, 0.0, 0.0]), torch.tensor([-3.0, 0.0, 0.0, 0.0]))
@@ -39,8 +43,12 @@ def _build(kind: str):
     torch.manual_seed(0)  # identical construction on every rank and in the single-process run
     if kind == "ema_vq":
         q = build_quantizer(kind, dim=D, codebook_size=K, kmeans_init=True, dead_code_threshold=3.0, decay=0.9)
-    else:
+    elif kind == "vq":
         q = build_quantizer(kind, dim=D, codebook_size=K, kmeans_init=True, dead_code_threshold=2.0, usage_decay=0.9)
+    else:
+        backend = kind.removesuffix("_reservoir")
+        q = build_quantizer(backend, dim=D, codebook_size=K, **RESERVOIR,
+                            **({"decay": 0.9} if backend == "ema_vq" else {}))
     encoder = torch.nn.Linear(D, D)  # trainable, starts as the identity so codes live in data space at step 0
     with torch.no_grad():
         encoder.weight.copy_(torch.eye(D))
@@ -54,23 +62,17 @@ def _train(kind: str, rank: int) -> dict:
     params = [p for p in [*encoder.parameters(), *q.parameters()] if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1)
 
-    revived: list[int] = []
-    revive = q.revive_dead_codes
-
-    def counting_revive(z_code):
-        n = revive(z_code)
-        revived.append(n)
-        return n
-
-    q.revive_dead_codes = counting_revive
-
+    revived: list[int] = []  # codes revived at each step
     world = dist.get_world_size() if dist.is_initialized() else 1
     g = torch.Generator().manual_seed(1000 + rank)  # different data on every rank
     initial = q.codebook.detach().clone()
     after_kmeans = None
+    codebooks = []  # after every step
     for step in range(STEPS):
         x = CENTRES[rank] + 0.5 * torch.randn(2, 32, D, generator=g)
+        before = q.revival.num_revived
         out = q(encoder(x))
+        revived.append(q.revival.num_revived - before)
         loss = out.loss + (out.z_q - x).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -81,13 +83,17 @@ def _train(kind: str, rank: int) -> dict:
         opt.step()
         if step == 0:
             after_kmeans = q.codebook.detach().clone()
+        codebooks.append(q.codebook.detach().clone())
 
     return {
         "state": {k: v.detach().clone() for k, v in q.state_dict().items()},
         "encoder": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
         "initial": initial,
         "after_kmeans": after_kmeans,
+        "codebooks": codebooks,
         "revived": revived,
+        "revival": {k: v.detach().clone() for k, v in q.revival.named_buffers()},
+        "reservoir_filled": q.revival.filled,
     }
 
 
@@ -133,14 +139,18 @@ def test_codebooks_stay_identical_across_ranks(tmp_path):
     for kind in KINDS:
         a, b, single = r0[kind], r1[kind], r0["single"][kind]
 
-        # k-means ran on the first step, over the data of both ranks
-        assert bool(a["state"]["initialized"]) and bool(b["state"]["initialized"])
-        assert not torch.allclose(a["after_kmeans"], a["initial"])
-        # (starting centroids and revived vectors are drawn from rank 0's batch, so codes reach
-        # rank 1's blob only through the all-reduced Lloyd sums)
-        assert _near(a["after_kmeans"], CENTRES[0]) >= 3, a["after_kmeans"]
-        assert _near(a["after_kmeans"], CENTRES[1]) >= 1, a["after_kmeans"]
-        assert _near(single["after_kmeans"], CENTRES[1]) == 0  # rank 0 alone never sees the -3 blob
+        if kind.endswith("_reservoir"):
+            _check_reservoir_revival(a, b, single)
+        else:
+            # k-means ran on the first step, over the data of both ranks
+            assert bool(a["state"]["initialized"]) and bool(b["state"]["initialized"])
+            assert not torch.allclose(a["after_kmeans"], a["initial"])
+            # (starting centroids and revived vectors are drawn from rank 0's batch, so codes reach
+            # rank 1's blob only through the all-reduced Lloyd sums)
+            assert _near(a["after_kmeans"], CENTRES[0]) >= 3, a["after_kmeans"]
+            assert _near(a["after_kmeans"], CENTRES[1]) >= 1, a["after_kmeans"]
+            assert _near(single["after_kmeans"], CENTRES[1]) == 0  # rank 0 alone never sees the -3 blob
+            torch.testing.assert_close(a["after_kmeans"], b["after_kmeans"], atol=0, rtol=0)
 
         # revival happened, with the same dead set on both ranks
         assert sum(a["revived"]) > 0, a["revived"]
@@ -152,10 +162,28 @@ def test_codebooks_stay_identical_across_ranks(tmp_path):
             assert torch.equal(a["state"][key], b["state"][key]), f"{kind}: {key} differs between ranks"
         for key in a["encoder"]:
             assert torch.equal(a["encoder"][key], b["encoder"][key]), f"{kind}: encoder {key} differs"
-        torch.testing.assert_close(a["after_kmeans"], b["after_kmeans"], atol=0, rtol=0)
+        for step, (ca, cb) in enumerate(zip(a["codebooks"], b["codebooks"], strict=True)):
+            assert torch.equal(ca, cb), f"{kind}: codebook differs between ranks after step {step + 1}"
 
         # ... and it is not what rank 0 would have computed alone
-        codebook_key = "embed" if kind == "ema_vq" else "embedding"
+        codebook_key = "embed" if kind.startswith("ema_vq") else "embedding"
         assert not torch.allclose(a["state"][codebook_key], single["state"][codebook_key])
-        if kind == "ema_vq":
+        if kind.startswith("ema_vq"):
             assert not torch.allclose(a["state"]["cluster_size"], single["state"]["cluster_size"])
+
+
+def _check_reservoir_revival(a: dict, b: dict, single: dict) -> None:
+    """Reservoir revival: on revival steps only, with the reservoirs of both ranks as the source."""
+    revived = a["revived"]
+    assert revived[0] == revived[2] == 0 and revived[1] > 0, revived  # revive_every=2: steps 2 and 4 only
+    assert a["reservoir_filled"] == b["reservoir_filled"] == 16
+    # each rank keeps its own latents, but the counts since the last revival are the all-reduced ones
+    assert not torch.equal(a["revival"]["reservoir"], b["revival"]["reservoir"])
+    assert torch.equal(a["revival"]["counts_since_revival"], b["revival"]["counts_since_revival"])
+    # the codes revived at step 2 come from the reservoirs of both ranks (rank 1's latents sit at -3) ...
+    before, after = a["codebooks"][0], a["codebooks"][1]
+    for centre in CENTRES:
+        assert _near(after, centre) > _near(before, centre), (centre, before, after)
+    # ... while rank 0 alone revives from its own latents only
+    assert sum(single["revived"]) > 0
+    assert _near(single["codebooks"][1], CENTRES[1]) == 0

@@ -283,7 +283,7 @@ def test_ema_revival_resets_ema_statistics():
     torch.testing.assert_close(q.embed_avg[dead], revived)
 
     # next EMA step (revival off, to look at the update alone): the revived codes stay on the data
-    q.dead_code_threshold = 0.0
+    q.configure_revival("none")
     out2 = q(z)
     assert set(out2.indices.unique().tolist()) & {1, 2, 3}
     moved = q.embed[dead]

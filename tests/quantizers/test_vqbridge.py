@@ -119,5 +119,5 @@ def test_raw_codebook_starts_from_a_codebook_file(tmp_path):
         small(codebook_dim=4, init_codebook_path=str(path))
     with pytest.raises(ValueError, match="128"):
         small(k=128, init_codebook_path=str(path))
-    with pytest.raises(FileNotFoundError, match="vqkit.codebook"):
+    with pytest.raises(FileNotFoundError, match="vqkit.tools.codebook"):
         small(init_codebook_path=str(tmp_path / "missing.safetensors"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,12 +85,32 @@ def test_100k_codes_train_on_a_small_batch():
 def test_random_codebook_is_logged(caplog):
     with caplog.at_level(logging.WARNING):
         build_quantizer("vqgan_lc", dim=D, codebook_size=16)
-    assert "RANDOM" in caplog.text and "python -m vqkit.codebook" in caplog.text
+    assert "RANDOM" in caplog.text and "python -m vqkit.tools.codebook" in caplog.text
+
+
+def test_a_missing_codebook_file_names_the_file_and_the_preparation_step(tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(FileNotFoundError) as err:
+        build_quantizer("vqgan_lc", dim=D, codebook_size=64, codebook_path=str(missing))
+    message = str(err.value)
+    assert str(missing) in message
+    assert f"build it first with `python -m vqkit.tools.codebook --out {missing} --num-codes 64" in message
+    assert "the run's `prepare:` step" in message
+    assert not missing.exists()  # nothing is built as a side effect of the constructor
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # a directory is not a codebook file either
+        build_quantizer("vqgan_lc", dim=D, codebook_size=64, codebook_path=str(tmp_path))
+
+
+def test_the_constructor_no_longer_builds_codebooks(tmp_path):
+    with pytest.raises(TypeError, match="build"):
+        build_quantizer("vqgan_lc", dim=D, codebook_size=64, codebook_path=str(tmp_path / "cb.safetensors"),
+                        build={"source": "random"})
+    import vqkit.quantizers.vqgan_lc as module
+
+    assert "build_codebook" not in Path(module.__file__).read_text()
 
 
 def test_clear_errors_for_bad_files(tmp_path, codebook_file):
-    with pytest.raises(FileNotFoundError, match="python -m vqkit.codebook"):
-        build_quantizer("vqgan_lc", dim=D, codebook_size=64, codebook_path=str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="codebook_size=65.*--num-codes 65|quantizer.codebook_size=64"):
         build_quantizer("vqgan_lc", dim=D, codebook_size=65, codebook_path=str(codebook_file))
     with pytest.raises(ValueError, match="feature_dim"):

@@ -35,15 +35,14 @@ def model_tokenizer(segmentation: str = "within") -> GQTokenizer:
     torch.manual_seed(0)
     k = 6
     config = {
+        "_target_": "vqkit.models.TextTokenizer",
         "encoder": {"_target_": "vqkit.modalities.text.ByteEncoder", "latent_dim": 8, "width": 16, "depth": 1,
                     "num_heads": 2},
         "decoder": {"_target_": "vqkit.modalities.text.SegmentDecoder", "latent_dim": 8, "width": 16, "depth": 1,
                     "max_token_len": k},
-        "gate": {"_target_": "vqkit.modalities.text_gq.BoundaryGate", "latent_dim": 8, "width": 16, "depth": 1,
-                 "num_heads": 2, "kernel": k},
-        "quantizer": {"_target_": "vqkit.quantizers.VectorQuantizer", "dim": 8, "codebook_size": 32,
-                      "kmeans_init": False},
-        "alpha": 2.0,
+        "quantizer": {"_target_": "vqkit.quantizers.GatedQuantizer", "dim": 8, "codebook_size": 32, "inner": "vq",
+                      "inner_options": {"kmeans_init": False}, "max_token_len": k, "width": 16, "depth": 1,
+                      "num_heads": 2},
     }
     return tokenizer_from_model_config(config, segmentation=segmentation, row_len=k, mode="model")
 
@@ -146,3 +145,42 @@ def test_hugging_face_export_matches_vocab_mode(tmp_path: Path) -> None:
         assert hf.decode(encoding.ids) == text
         assert len(encoding.ids) == len(tok.encode(text))
         assert tok.decode(encoding.ids) == text  # the HF ids index the same vocabulary
+
+
+def test_format_version_1_artifacts_still_load(tmp_path: Path, tokenizers) -> None:
+    """A vqkit 0.1 text artifact (GatedTextAutoencoder parts, the gate beside the quantizer) loads as the same net."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    tok = tokenizers["model"]
+    folder = tok.save(tmp_path / "v2")
+    config = json.loads((folder / "config.json").read_text())
+    model = config["model"]
+    gq = model["quantizer"]
+    config["format_version"] = 1
+    config["model"] = {
+        "encoder": model["encoder"], "decoder": model["decoder"],
+        "quantizer": {"_target_": "vqkit.quantizers.VectorQuantizer", "dim": gq["dim"],
+                      "codebook_size": gq["codebook_size"], **gq["inner_options"]},
+        "gate": {"_target_": "vqkit.modalities.text_gq.BoundaryGate", "latent_dim": gq["dim"], "width": gq["width"],
+                 "depth": gq["depth"], "num_heads": gq["num_heads"], "kernel": gq["max_token_len"]},
+        "alpha": 2.0, "reservoir_size": 64,
+    }
+    old_names = {}
+    for name, tensor in load_file(folder / "model.safetensors").items():
+        if name.startswith("quantizer.gate."):
+            name = name[len("quantizer."):]
+        elif name.startswith("quantizer.inner."):
+            name = "quantizer." + name[len("quantizer.inner."):]
+        old_names[name] = tensor
+    old_names["steps"] = torch.tensor(3)
+    save_file(old_names, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = vqkit.load_tokenizer(folder)
+    assert loaded.mode == "model"
+    assert loaded.config["model"]["quantizer"]["_target_"] == "vqkit.quantizers.GatedQuantizer"
+    for text in SCRIPTS:
+        assert loaded.encode(text) == tok.encode(text)
+    resaved = vqkit.load_tokenizer(loaded.save(tmp_path / "again"))  # written as format version 2
+    assert resaved.config["format_version"] == 2 and resaved.encode(SCRIPTS[1]) == tok.encode(SCRIPTS[1])

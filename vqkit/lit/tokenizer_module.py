@@ -45,7 +45,8 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
             ``model.quantizer.embedding``) sets that parameter's learning-rate multiplier and/or weight decay.
             Parameters no entry matches follow the one rule: weight decay on weight matrices and kernels only,
             none on norms, biases, embeddings, learned positions/tokens (``*pos_embed``, ``*_token(s)``) and the
-            quantizer.
+            quantizer, except the networks a quantizer names in ``network_modules`` (the gated quantizer's
+            ``gate``), which follow the rule like the encoder.
     """
 
     def __init__(
@@ -197,6 +198,8 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
         no_decay: list[nn.Parameter] = []
         overridden: list[list[nn.Parameter]] = [[] for _ in self.param_group_rules]
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        # Networks inside the quantizer (the gated quantizer's boundary gate) are trained like the encoder.
+        networks = tuple(f"model.quantizer.{m}." for m in getattr(self.model.quantizer, "network_modules", ()))
         for name, p in self.trainable_parameters():
             rule = next((i for i, r in enumerate(self.param_group_rules) if re.search(r["match"], name)), None)
             if rule is not None:
@@ -206,7 +209,7 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
             exempt = (
                 p.ndim < 2
                 or id(p) in embeddings
-                or name.startswith("model.quantizer.")
+                or (name.startswith("model.quantizer.") and not name.startswith(networks))
                 or leaf.endswith(("pos_embed", "_token", "_tokens"))
             )
             (no_decay if exempt else decay).append(p)

@@ -2,5 +2,6 @@
 
 from vqkit.losses.base import LossInputs, LossTerm
 from vqkit.losses.reconstruction import L1, L2
+from vqkit.losses.segment import Compression, LengthHead, SegmentReconstruction
 
-__all__ = ["L1", "L2", "LossInputs", "LossTerm"]
+__all__ = ["Compression", "L1", "L2", "LengthHead", "LossInputs", "LossTerm", "SegmentReconstruction"]

@@ -43,7 +43,9 @@ class LossTerm(nn.Module):
     def __init__(self, weight: float = 1.0, warmup_steps: int = 0) -> None:
         super().__init__()
         if weight < 0 or warmup_steps < 0:
-            raise ValueError(f"{type(self).__name__}: weight and warmup_steps must be >= 0, got {weight}, {warmup_steps}")
+            raise ValueError(
+                f"{type(self).__name__}: weight and warmup_steps must be >= 0, got {weight}, {warmup_steps}"
+            )
         self.weight = float(weight)
         self.warmup_steps = int(warmup_steps)
 

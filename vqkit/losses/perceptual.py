@@ -6,8 +6,8 @@ relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3 the features are normalised to un
 the squared difference of the two normalised maps is weighted per channel by a learned non-negative
 1x1 convolution ("lin" layer), averaged over space, and the five layer values are summed.
 
-The weights are the converted LPIPS v0.1 VGG16 file installed by ``python -m vqkit.assets install``
-(see ``vqkit.assets`` for their origin and licences).
+The weights are the converted LPIPS v0.1 VGG16 file installed by ``python -m vqkit.tools.assets install``
+(see ``vqkit.tools.assets`` for their origin and licences).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torchvision
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from vqkit.assets import LPIPS_VGG16, resolve_weights
 from vqkit.losses.base import LossInputs, LossTerm
+from vqkit.tools.assets import LPIPS_VGG16, resolve_weights
 
 # LPIPS v0.1 input scaling (applied to images in [-1, 1]).
 SHIFT = (-0.030, -0.088, -0.188)

@@ -3,5 +3,13 @@
 from vqkit.metrics.base import ModelOutputMetric
 from vqkit.metrics.codebook import CodebookUsage
 from vqkit.metrics.latent_stats import LatentStatistics
+from vqkit.metrics.text import BytesPerToken, ExactTokens, SegmentByteAccuracy
 
-__all__ = ["CodebookUsage", "LatentStatistics", "ModelOutputMetric"]
+__all__ = [
+    "BytesPerToken",
+    "CodebookUsage",
+    "ExactTokens",
+    "LatentStatistics",
+    "ModelOutputMetric",
+    "SegmentByteAccuracy",
+]

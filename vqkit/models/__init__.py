@@ -10,6 +10,7 @@ from vqkit.models.artifact import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_N
 from vqkit.models.audio import AudioTokenizer
 from vqkit.models.base import ModelOutput, Normalization, TokenizerModel, load_model
 from vqkit.models.image import ImageTokenizer, as_image_batch
+from vqkit.models.text import TextTokenizer
 
 __all__ = [
     "AudioTokenizer",
@@ -19,6 +20,7 @@ __all__ = [
     "ImageTokenizer",
     "ModelOutput",
     "Normalization",
+    "TextTokenizer",
     "TokenizerModel",
     "UnsafeConfigError",
     "WEIGHTS_NAME",

@@ -126,7 +126,7 @@ class AudioTokenizer(TokenizerModel):
             ValueError: wrong shape, NaN/Inf, or values outside [-1, 1].
         """
         if isinstance(audio, (str, os.PathLike)):
-            from vqkit.data.audio import load_audio_file
+            from vqkit.modalities.audio_files import load_audio_file
 
             audio = load_audio_file(Path(audio), self.sample_rate).unsqueeze(0)
         if not isinstance(audio, Tensor):

@@ -267,7 +267,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         raise ValueError(f"{source} states {stale} but its model has {derived}; was the config edited by hand?")
     weights_file = folder / WEIGHTS_NAME
     if not weights_file.is_file():
-        raise FileNotFoundError(f"{weights_file} not found; a tokenizer directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise FileNotFoundError(
+            f"{weights_file} not found; a tokenizer directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
     try:
         state = load_file(weights_file)
     except SafetensorError as err:

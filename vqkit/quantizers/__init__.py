@@ -2,6 +2,7 @@
 
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
 from vqkit.quantizers.ema_vq import EMAVectorQuantizer
+from vqkit.quantizers.gq import GatedQuantizer, GatedQuantizerOutput
 from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
 from vqkit.quantizers.residual import ResidualQuantizer
 from vqkit.quantizers.softvq import SoftVectorQuantizer
@@ -11,6 +12,8 @@ from vqkit.quantizers.vqgan_lc import VQGANLCQuantizer
 
 __all__ = [
     "EMAVectorQuantizer",
+    "GatedQuantizer",
+    "GatedQuantizerOutput",
     "Quantizer",
     "QuantizerOutput",
     "ResidualQuantizer",

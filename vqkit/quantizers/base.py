@@ -33,6 +33,24 @@ class QuantizerOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
+def batch_usage_metrics(counts: Tensor) -> dict[str, Tensor]:
+    """Detached per-batch diagnostics from the code counts of one batch.
+
+    The one place every backend takes its ``perplexity`` and ``used_codes`` metrics from.
+
+    Args:
+        counts: (K,) float tokens per code in this batch (e.g. ``torch.bincount(ids, minlength=K)``).
+
+    Returns:
+        ``perplexity``: exp of the entropy of the batch's code distribution (1 .. K; 1 for an empty batch),
+        ``used_codes``: number of codes with a nonzero count.
+    """
+    total = counts.sum().clamp_min(1.0)
+    p = counts / total  # (K,)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return {"perplexity": entropy.exp().detach(), "used_codes": (counts > 0).sum().float()}
+
+
 class Quantizer(nn.Module, ABC):
     """Abstract base: maps channels-last latents (B, N, D) to codes and back.
 

@@ -1,6 +1,6 @@
 """Codebook files: a (K, F) fp32 tensor under the key ``codebook`` in a safetensors file, plus metadata.
 
-Written by ``python -m vqkit.codebook`` and read by the ``vqgan_lc`` quantizer.
+Written by ``python -m vqkit.tools.codebook`` and read by the ``vqgan_lc`` and ``vqbridge`` quantizers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 CODEBOOK_KEY = "codebook"
-BUILD_HINT = "build one with `python -m vqkit.codebook --out PATH --num-codes K` (see `python -m vqkit.codebook -h`)"
+BUILD_HINT = (
+    "build one with `python -m vqkit.tools.codebook --out PATH --num-codes K` (see `python -m vqkit.tools.codebook -h`)"
+)
 
 
 def save_codebook(path: str | Path, codebook: Tensor, metadata: dict[str, object] | None = None) -> Path:

@@ -24,10 +24,10 @@ class EMAVectorQuantizer(VectorQuantizer):
     Args:
         decay: EMA decay of the counts and sums (0.99 typical; audiocraft uses 0.8).
         eps: Laplace smoothing of the counts, so unused codes never divide by zero.
-        dead_code_threshold: codes whose running usage (tokens per step) falls below this
-            are replaced by batch latents and their EMA statistics reset in the same step.
+        commit_weight: weight of ``commit`` = ||z - sg(e)||^2, the only loss term.
         **kwargs: everything ``VectorQuantizer`` takes except ``codebook_weight`` and
-            ``swap_loss_weights``, which have no meaning without a learned codebook.
+            ``swap_loss_weights``, which have no meaning without a learned codebook. Revived codes
+            (any ``revival`` strategy) get their EMA statistics reset in the same step.
     """
 
     def __init__(
@@ -48,7 +48,8 @@ class EMAVectorQuantizer(VectorQuantizer):
         self.eps = eps
         super().__init__(dim, codebook_size, commit_weight=commit_weight, **kwargs)
 
-    def _init_codebook_storage(self, init: Tensor) -> None:
+    def _init_codebook_storage(self) -> None:
+        init = self._random_codes()
         self.register_buffer("embed", init.clone())
         self.register_buffer("embed_avg", init.clone())
         self.register_buffer("cluster_size", torch.ones(init.shape[0]))
@@ -57,9 +58,12 @@ class EMAVectorQuantizer(VectorQuantizer):
         return self.embed
 
     @torch.no_grad()
-    def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:
-        # Reset the EMA statistics of the rewritten rows too, so that the next update
-        # does not pull them back toward the stale means they had before.
+    def replace_codes(self, rows: Tensor, vectors: Tensor) -> None:
+        """Overwrite the codes ``rows`` (R,) with ``vectors`` (R, C) and restart their EMA statistics.
+
+        The statistics restart at the new vectors with a mass of ``max(dead_code_threshold, 1)``, so the
+        next update does not pull the codes back toward the stale means they had before.
+        """
         mass = max(self.dead_code_threshold, 1.0)
         vectors = vectors.to(self.embed.dtype)
         self.embed[rows] = vectors

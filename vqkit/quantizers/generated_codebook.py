@@ -1,23 +1,20 @@
-"""Shared machinery of quantizers whose codebook is the output of a trainable network.
+"""What is specific to hard VQ over a codebook that a trainable network produces (vqgan_lc, vqbridge).
 
-VQGAN-LC (a projector over frozen features) and VQBridge (a network over a trainable raw
-codebook) both recompute the whole (K, D) codebook from parameters every training forward,
-search it exactly (tiled, fp32), and train it through the codebook loss on the selected codes.
-In eval mode the generated codebook is cached until a parameter or buffer changes.
+The forward is ``VectorQuantizer``'s. What differs is where the codebook comes from: the subclass's
+``generate_codebook()`` recomputes the whole (K, D) codebook from parameters, in fp32 (``fp32_call``),
+every training forward; in eval mode it is cached until a parameter or buffer changes. A generated
+code is not a row, so k-means initialisation, code_dim/normalize and dead-code revival are not
+offered; ``bake()`` turns the current codebook into a plain ``vq`` quantizer that has all of them.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from vqkit.quantizers.base import Quantizer, QuantizerOutput
-from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, nearest_code
-from vqkit.quantizers.vq import VectorQuantizer, _batch_usage_metrics, mean_squared_error
+from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK
+from vqkit.quantizers.vq import VectorQuantizer
 
 
 def fp32_call(module: nn.Module, *args: Tensor) -> Tensor:
@@ -32,8 +29,8 @@ def fp32_call(module: nn.Module, *args: Tensor) -> Tensor:
         return functional_call(module, state, tuple(a.float() for a in args)).float()
 
 
-class GeneratedCodebookQuantizer(Quantizer):
-    """Straight-through hard VQ against a codebook produced by ``generate_codebook()``.
+class GeneratedCodebookQuantizer(VectorQuantizer):
+    """``VectorQuantizer`` whose codebook is ``generate_codebook()``, recomputed in training, cached in eval.
 
     Args:
         dim: width D of the latents (B, N, D) and of the generated codes.
@@ -43,8 +40,10 @@ class GeneratedCodebookQuantizer(Quantizer):
         swap_loss_weights: apply ``codebook_weight`` to ``commit`` and vice versa (VQGAN-LC / taming legacy).
         code_chunk: codes per tile of the nearest-code search.
         row_chunk: latents per tile of the nearest-code search.
-        check_finite: raise on NaN/Inf latents.
+        check_finite: raise on NaN/Inf latents, and on a NaN/Inf generated codebook in training.
     """
+
+    writable_codebook = False
 
     def __init__(
         self,
@@ -57,22 +56,24 @@ class GeneratedCodebookQuantizer(Quantizer):
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
     ) -> None:
-        super().__init__()
-        if dim <= 0 or codebook_size <= 0:
-            raise ValueError(f"dim and codebook_size must be positive, got {dim} and {codebook_size}")
-        self.dim = dim
-        self.codebook_size = codebook_size
-        self.codebook_weight = codebook_weight
-        self.commit_weight = commit_weight
-        self.swap_loss_weights = swap_loss_weights
-        self.code_chunk = code_chunk
-        self.row_chunk = row_chunk
-        self.check_finite = check_finite
+        super().__init__(
+            dim,
+            codebook_size,
+            codebook_weight=codebook_weight,
+            commit_weight=commit_weight,
+            swap_loss_weights=swap_loss_weights,
+            code_chunk=code_chunk,
+            row_chunk=row_chunk,
+            check_finite=check_finite,
+        )
         self._cache: tuple[tuple, Tensor] | None = None
 
-    @abstractmethod
+    def _init_codebook_storage(self) -> None:
+        """Nothing: the subclass builds its generator after ``super().__init__`` (which draws no random numbers)."""
+
     def generate_codebook(self) -> Tensor:
         """(K, D) fp32 codebook computed from the current parameters, differentiable."""
+        raise NotImplementedError(f"{type(self).__name__} must implement generate_codebook()")
 
     # --- codebook with an eval-mode cache ------------------------------------------------
     def _state_key(self) -> tuple:
@@ -84,7 +85,12 @@ class GeneratedCodebookQuantizer(Quantizer):
         """(K, D) fp32 generated codebook; recomputed every call in training, cached in eval."""
         if self.training:
             self._cache = None
-            return self.generate_codebook()
+            codes = self.generate_codebook()
+            if self.check_finite and not torch.isfinite(codes).all():
+                raise FloatingPointError(
+                    f"{type(self).__name__}: the generated codebook holds NaN/Inf; lower the learning rate."
+                )
+            return codes
         key = self._state_key()
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
@@ -94,6 +100,13 @@ class GeneratedCodebookQuantizer(Quantizer):
     def train(self, mode: bool = True) -> GeneratedCodebookQuantizer:
         self._cache = None
         return super().train(mode)
+
+    def replace_codes(self, rows: Tensor, vectors: Tensor) -> None:
+        """Refused: a generated code is the output of a network, not a row that can be overwritten."""
+        raise TypeError(
+            f"{type(self).__name__} generates its codebook from parameters; its codes cannot be overwritten "
+            "(no k-means init, no dead-code revival). bake() it into a plain vq quantizer to edit codes."
+        )
 
     @torch.no_grad()
     def bake(self) -> VectorQuantizer:
@@ -115,48 +128,3 @@ class GeneratedCodebookQuantizer(Quantizer):
         ).to(codes.device)
         plain.embedding.data.copy_(codes)
         return plain.eval()
-
-    # --- contract --------------------------------------------------------------------------
-    def decode(self, indices: Tensor) -> Tensor:
-        self.check_indices(indices)
-        with torch.no_grad():
-            return F.embedding(indices.long(), self.codebook)
-
-    def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
-        self.check_input(z, mask)
-        if self.check_finite:
-            self.check_finite_input(z)
-        in_dtype = z.dtype
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            z_flat = z.float()[mask] if mask is not None else z.float().reshape(-1, self.dim)  # (M, D)
-            codebook = self.generate_codebook() if self.training else self.codebook  # (K, D)
-            if self.check_finite and self.training and not torch.isfinite(codebook).all():
-                raise FloatingPointError(
-                    f"{type(self).__name__}: the generated codebook holds NaN/Inf; lower the learning rate."
-                )
-            indices, _ = nearest_code(z_flat.detach(), codebook.detach(), self.code_chunk, self.row_chunk)
-            codes = F.embedding(indices, codebook)  # (M, D): gradients reach the generator
-            codebook_loss = mean_squared_error(codes, z_flat.detach())
-            commit_loss = mean_squared_error(z_flat, codes.detach())
-            w_codebook, w_commit = self.codebook_weight, self.commit_weight
-            if self.swap_loss_weights:
-                w_codebook, w_commit = w_commit, w_codebook
-            loss = w_codebook * codebook_loss + w_commit * commit_loss
-            z_q_flat = z_flat + (codes - z_flat).detach()  # straight-through
-            counts = torch.bincount(indices, minlength=self.codebook_size).float()
-
-        b, n, d = z.shape
-        if mask is None:
-            z_q, ids = z_q_flat.to(in_dtype).reshape(b, n, d), indices.reshape(b, n)
-        else:
-            z_q = z_q_flat.to(in_dtype).new_zeros(b, n, d).masked_scatter(mask.unsqueeze(-1), z_q_flat.to(in_dtype))
-            ids = torch.full((b, n), -1, dtype=torch.long, device=z.device)
-            ids[mask] = indices
-        return QuantizerOutput(
-            z_q=z_q,
-            indices=ids,
-            loss=loss,
-            losses={"codebook": codebook_loss.detach(), "commit": commit_loss.detach()},
-            mask=mask,
-            metrics=_batch_usage_metrics(counts),
-        )

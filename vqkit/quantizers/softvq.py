@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.base import Quantizer, QuantizerOutput, batch_usage_metrics
 from vqkit.quantizers.registry import register_quantizer
 
 
@@ -121,12 +121,7 @@ class SoftVectorQuantizer(Quantizer):
             z_q = z_q * mask.unsqueeze(-1)
             ids = ids.masked_fill(~mask, -1)
         out_probs = probs.transpose(0, 1).reshape(b, n, self.block_size) if self.return_probs else None
-        p = counts / counts.sum().clamp_min(1.0)
-        metrics = {
-            "perplexity": torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).detach(),
-            "used_codes": (counts > 0).sum().float(),
-            "max_prob": torch.nan_to_num(max_prob.detach()),
-        }
+        metrics = {**batch_usage_metrics(counts), "max_prob": torch.nan_to_num(max_prob.detach())}
         return QuantizerOutput(
             z_q=z_q.to(in_dtype),
             indices=ids,

@@ -1,9 +1,15 @@
-"""Straight-through vector quantization with a learned codebook (VQ-VAE / VQGAN).
+"""Straight-through vector quantization with a learned codebook (VQ-VAE / VQGAN): THE hard nearest-code forward.
 
 Options cover the variants the reference codebases use: l2-normalised (cosine)
 codes, low-dimensional factorised codes (ViT-VQGAN: project in, search, project
-out), k-means initialisation from the first batches, dead-code revival and the
-swapped loss weighting of taming's legacy quantizer, VQGAN-LC and GQ-VAE.
+out), k-means initialisation from the first batches, dead-code revival (``revival.py``:
+batch latents or a distortion reservoir) and the swapped loss weighting of taming's
+legacy quantizer, VQGAN-LC and GQ-VAE.
+
+Every hard backend is this class: ``ema_vq`` changes how the codes are stored and updated,
+``vqgan_lc`` and ``vqbridge`` how the codebook is produced (``generate_codebook``); the input
+checks, the fp32 search, the straight-through estimator, the losses, the counts and the
+training-step updates are the ones here.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqkit.quantizers.base import Quantizer, QuantizerOutput
-from vqkit.quantizers.distributed import all_reduce_sum, sample_rows
+from vqkit.quantizers.base import Quantizer, QuantizerOutput, batch_usage_metrics
+from vqkit.quantizers.distributed import all_reduce_sum
 from vqkit.quantizers.registry import register_quantizer
+from vqkit.quantizers.revival import CodeRevival, resolve_strategy
 from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, kmeans, nearest_code
 
 
@@ -36,14 +43,25 @@ class VectorQuantizer(Quantizer):
         kmeans_batches: how many training batches to collect for k-means.
         kmeans_iters: Lloyd iterations.
         kmeans_max_samples: cap on the vectors k-means sees (random subsample).
-        dead_code_threshold: codes whose running usage (tokens per step, EMA) falls
-            below this are replaced by random latents of the current batch; 0 = off.
-        usage_decay: decay of the running usage estimate.
-        revive_every: check for dead codes every this many training steps.
+        dead_code_threshold: ``revival="batch"``: codes whose running usage (tokens per step,
+            EMA) falls below this are dead; must be 0 for the other strategies.
+        usage_decay: decay of the running usage estimate ``code_usage``.
+        revive_every: look for dead codes every this many training steps; None: 1 for
+            ``batch``, 250 for ``reservoir``.
+        revival: dead-code revival strategy (``vqkit.quantizers.revival``): ``none``; ``batch``
+            (dead codes become random latents of the current batch); ``reservoir`` (codes unused
+            since the last revival become samples of a reservoir of high-distortion latents).
+            None: ``batch`` when ``dead_code_threshold > 0``, else ``none``.
+        reservoir_size: ``reservoir``: latents the reservoir holds.
+        reservoir_per_step: ``reservoir``: the highest-distortion latents of each step offered to it.
         code_chunk: codes per tile of the nearest-code search.
         row_chunk: latents per tile of the nearest-code search.
         check_finite: raise on NaN/Inf latents (one reduction per step).
     """
+
+    # False for codebooks produced by a network (vqgan_lc, vqbridge): their codes are not rows that
+    # k-means or revival could overwrite, and the bookkeeping buffers below stay out of checkpoints.
+    writable_codebook: bool = True
 
     def __init__(
         self,
@@ -60,7 +78,10 @@ class VectorQuantizer(Quantizer):
         kmeans_max_samples: int = 262_144,
         dead_code_threshold: float = 0.0,
         usage_decay: float = 0.99,
-        revive_every: int = 1,
+        revive_every: int | None = None,
+        revival: str | None = None,
+        reservoir_size: int = 16384,
+        reservoir_per_step: int = 2048,
         code_chunk: int = DEFAULT_CODE_CHUNK,
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
@@ -79,43 +100,69 @@ class VectorQuantizer(Quantizer):
         self.kmeans_batches = kmeans_batches
         self.kmeans_iters = kmeans_iters
         self.kmeans_max_samples = kmeans_max_samples
-        self.dead_code_threshold = dead_code_threshold
         self.usage_decay = usage_decay
-        self.revive_every = revive_every
         self.code_chunk = code_chunk
         self.row_chunk = row_chunk
         self.check_finite = check_finite
+        if not self.writable_codebook and (kmeans_init or self.code_dim != dim or normalize):
+            raise TypeError(
+                f"{type(self).__name__} generates its codebook from parameters: kmeans_init, code_dim and "
+                "normalize do not apply to it"
+            )
+        strategy = resolve_strategy(revival, dead_code_threshold)
 
         factorized = self.code_dim != dim
         self.project_in = nn.Linear(dim, self.code_dim) if factorized else nn.Identity()
         self.project_out = nn.Linear(self.code_dim, dim) if factorized else nn.Identity()
-        self._init_codebook_storage(torch.randn(codebook_size, self.code_dim) / self.code_dim**0.5)
-        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self._init_codebook_storage()
+        keep = self.writable_codebook  # generated codebooks: bookkeeping only, not checkpointed
+        self.register_buffer("initialized", torch.tensor(not kmeans_init), persistent=keep)
         # Codes start alive at the threshold, so an untrained code is revived only once it goes unused.
-        self.register_buffer("code_usage", torch.full((codebook_size,), float(dead_code_threshold)))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("code_usage", torch.full((codebook_size,), float(dead_code_threshold)), persistent=keep)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long), persistent=keep)
         self._kmeans_pending: list[Tensor] = []
+        self.revival = self._build_revival(strategy, dead_code_threshold, revive_every, reservoir_size,
+                                           reservoir_per_step)
 
-    # --- codebook storage: overridden by the EMA backend -------------------------------
-    def _init_codebook_storage(self, init: Tensor) -> None:
-        self.embedding = nn.Parameter(init)
+    # --- codebook storage and production: the hooks subclasses override -----------------
+    def _init_codebook_storage(self) -> None:
+        """Create the trainable codes (EMA: buffers; generated codebooks: their generator)."""
+        self.embedding = nn.Parameter(self._random_codes())
+
+    def _random_codes(self) -> Tensor:
+        """(K, C) N(0, 1/C) starting codes."""
+        return torch.randn(self.codebook_size, self.code_dim) / self.code_dim**0.5
 
     def _raw_codebook(self) -> Tensor:
         return self.embedding
 
+    def generate_codebook(self) -> Tensor:
+        """(K, C) fp32 codebook from the current parameters, differentiable.
+
+        Here the (optionally l2-normalised) embedding; subclasses that compute the codebook with a
+        network (vqgan_lc, vqbridge) override this hook and nothing else of the forward.
+        """
+        codes = self._raw_codebook().float()
+        return F.normalize(codes, dim=-1) if self.normalize else codes
+
+    @property
+    def codebook(self) -> Tensor:
+        """(K, C) fp32 codebook the search runs against."""
+        return self.generate_codebook()
+
     @torch.no_grad()
-    def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:
-        """Overwrite the codes at ``rows`` (and reset their statistics)."""
+    def replace_codes(self, rows: Tensor, vectors: Tensor) -> None:
+        """Overwrite the codes ``rows`` (R,) with ``vectors`` (R, C) and reset their statistics.
+
+        Used by k-means initialisation and dead-code revival; the new codes restart with a running
+        usage of ``dead_code_threshold``. Every rank must write the same rows and vectors.
+        """
         self.embedding.data[rows] = vectors.to(self.embedding.dtype)
-        self.code_usage[rows] = self.dead_code_threshold
+        self.code_usage[rows] = self.revival.dead_code_threshold
 
     @torch.no_grad()
     def _update_codebook(self, z_code: Tensor, indices: Tensor, counts: Tensor) -> None:
         """Per-step codebook update outside autograd; the learned codebook has none."""
-
-    def _usage(self) -> Tensor:
-        """Running tokens-per-step estimate per code, identical on every rank."""
-        return self.code_usage
 
     def _weighted_losses(self, z_code: Tensor, codes: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         codebook = mean_squared_error(codes, z_code.detach())
@@ -125,18 +172,65 @@ class VectorQuantizer(Quantizer):
             w_codebook, w_commit = w_commit, w_codebook
         return w_codebook * codebook + w_commit * commit, {"codebook": codebook.detach(), "commit": commit.detach()}
 
-    # --- public API ---------------------------------------------------------------------
-    @property
-    def codebook(self) -> Tensor:
-        codes = self._raw_codebook().float()
-        return F.normalize(codes, dim=-1) if self.normalize else codes
+    # --- dead-code revival ------------------------------------------------------------------
+    def _build_revival(self, strategy: str, dead_code_threshold: float, revive_every: int | None,
+                       reservoir_size: int, reservoir_per_step: int) -> CodeRevival:
+        if strategy != "none" and not self.writable_codebook:
+            raise TypeError(
+                f"{type(self).__name__} generates its codebook from parameters, so a dead code cannot be revived by "
+                f"overwriting its row (revival={strategy!r}); use revival=none (every code moves with the shared "
+                "generator, which keeps usage high) or bake() it into a plain vq quantizer first"
+            )
+        policy = CodeRevival(strategy, self.codebook_size, self.code_dim, dead_code_threshold, revive_every,
+                             reservoir_size, reservoir_per_step)
+        return policy.to(self.steps.device)
 
-    def _to_code_space(self, z: Tensor) -> Tensor:
+    def configure_revival(
+        self,
+        revival: str | None,
+        dead_code_threshold: float = 0.0,
+        revive_every: int | None = None,
+        reservoir_size: int = 16384,
+        reservoir_per_step: int = 2048,
+    ) -> CodeRevival:
+        """Replace the dead-code revival policy (same options and defaults as the constructor).
+
+        The policy's state (reservoir, counts since the last revival) starts afresh. Before the first
+        training step this equals building the quantizer with these options (the running usage
+        ``code_usage`` restarts at the new threshold); afterwards ``code_usage`` is kept.
+
+        Returns:
+            the new policy (also ``self.revival``).
+
+        Raises:
+            ValueError: inconsistent options (see ``revival.resolve_strategy``).
+            TypeError: revival asked of a generated codebook.
+        """
+        strategy = resolve_strategy(revival, dead_code_threshold)
+        self.revival = self._build_revival(strategy, dead_code_threshold, revive_every, reservoir_size,
+                                           reservoir_per_step)
+        if int(self.steps) == 0:
+            self.code_usage.fill_(float(dead_code_threshold))
+        return self.revival
+
+    @property
+    def dead_code_threshold(self) -> float:
+        """The usage threshold of ``batch`` revival (0 for the other strategies)."""
+        return self.revival.dead_code_threshold
+
+    @property
+    def revive_every(self) -> int:
+        return self.revival.revive_every
+
+    # --- public API ---------------------------------------------------------------------
+    def to_code_space(self, z: Tensor) -> Tensor:
+        """Latents (..., D) -> the searched space (..., C): ``project_in``, then l2-normalised with ``normalize``."""
         if isinstance(self.project_in, nn.Linear):
             z = self.project_in(z.to(self.project_in.weight.dtype)).float()
         return F.normalize(z, dim=-1) if self.normalize else z
 
-    def _from_code_space(self, codes: Tensor) -> Tensor:
+    def from_code_space(self, codes: Tensor) -> Tensor:
+        """Codes (..., C) -> latent space (..., D) (``project_out`` for factorised codes)."""
         if isinstance(self.project_out, nn.Linear):
             return self.project_out(codes.to(self.project_out.weight.dtype)).float()
         return codes
@@ -144,7 +238,7 @@ class VectorQuantizer(Quantizer):
     def decode(self, indices: Tensor) -> Tensor:
         self.check_indices(indices)
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            return self._from_code_space(F.embedding(indices.long(), self.codebook))
+            return self.from_code_space(F.embedding(indices.long(), self.codebook))
 
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         self.check_input(z, mask)
@@ -153,16 +247,16 @@ class VectorQuantizer(Quantizer):
         in_dtype = z.dtype
         with torch.autocast(device_type=z.device.type, enabled=False):
             z_flat = z.float()[mask] if mask is not None else z.float().reshape(-1, self.dim)  # (M, D)
-            z_code = self._to_code_space(z_flat)  # (M, C)
+            z_code = self.to_code_space(z_flat)  # (M, C)
             if self.training and not bool(self.initialized):
                 self._collect_for_kmeans(z_code)
             codebook = self.codebook  # (K, C)
             indices, _ = nearest_code(z_code.detach(), codebook.detach(), self.code_chunk, self.row_chunk)
-            codes = F.embedding(indices, codebook)  # (M, C), gradients reach the codebook
+            codes = F.embedding(indices, codebook)  # (M, C), gradients reach the codebook (or its generator)
             loss, losses = self._weighted_losses(z_code, codes)
-            z_q_flat = self._from_code_space(z_code + (codes - z_code).detach())  # straight-through
-            counts = torch.bincount(indices, minlength=self.codebook_size).float()
-            metrics = _batch_usage_metrics(counts)
+            z_q_flat = self.from_code_space(z_code + (codes - z_code).detach())  # straight-through
+            counts = torch.bincount(indices, minlength=self.codebook_size).float()  # (K,)
+            metrics = batch_usage_metrics(counts)
             if self.training:
                 self._training_step_updates(z_code.detach(), indices, counts)
 
@@ -178,25 +272,7 @@ class VectorQuantizer(Quantizer):
         self._update_codebook(z_code, indices, global_counts)
         self.code_usage.lerp_(global_counts.to(self.code_usage.dtype), 1.0 - self.usage_decay)
         self.steps += 1
-        if self.dead_code_threshold > 0 and int(self.steps) % self.revive_every == 0:
-            self.revive_dead_codes(z_code)
-
-    @torch.no_grad()
-    def revive_dead_codes(self, z_code: Tensor) -> int:
-        """Replace codes whose usage is below the threshold by latents of this batch.
-
-        The dead set is computed from all-reduced statistics and the replacements are
-        drawn on rank 0 and broadcast, so every rank writes the same codes.
-
-        Returns:
-            how many codes were revived.
-        """
-        dead = (self._usage() < self.dead_code_threshold).nonzero().squeeze(1)
-        if dead.numel() == 0:
-            return 0
-        vectors = sample_rows(z_code.float(), dead.numel())
-        self._set_codes(dead, vectors)
-        return int(dead.numel())
+        self.revival.step(self, z_code, indices, global_counts, int(self.steps))
 
     @torch.no_grad()
     def _collect_for_kmeans(self, z_code: Tensor) -> None:
@@ -210,7 +286,7 @@ class VectorQuantizer(Quantizer):
         if data.shape[0] > self.kmeans_max_samples:
             data = data[torch.randperm(data.shape[0], device=data.device)[: self.kmeans_max_samples]]
         centroids, _ = kmeans(data, self.codebook_size, self.kmeans_iters, self.normalize, self.code_chunk)
-        self._set_codes(torch.arange(self.codebook_size, device=data.device), centroids)
+        self.replace_codes(torch.arange(self.codebook_size, device=data.device), centroids)
         self.initialized.fill_(True)
 
     @staticmethod
@@ -227,11 +303,3 @@ class VectorQuantizer(Quantizer):
 def mean_squared_error(a: Tensor, b: Tensor) -> Tensor:
     """MSE that is 0 (not NaN) when every position is masked out, keeping the graph."""
     return (a - b).pow(2).sum() / max(a.numel(), 1)
-
-
-def _batch_usage_metrics(counts: Tensor) -> dict[str, Tensor]:
-    """Detached per-batch diagnostics from code counts (K,)."""
-    total = counts.sum().clamp_min(1.0)
-    p = counts / total
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return {"perplexity": entropy.exp().detach(), "used_codes": (counts > 0).sum().float()}

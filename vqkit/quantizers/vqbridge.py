@@ -8,6 +8,9 @@ uses the most square H x W grid. Every code's vector depends on many
 parameters shared with other codes, so an unselected code still moves with the ones the batch
 selects. The last layer starts at zero; with ``residual`` the bridged codebook then equals the raw
 codebook at initialisation. ``bake()`` turns the bridged codebook into a plain ``vq`` quantizer.
+
+The quantizer is ``vq``'s forward over ``generate_codebook() = bridge(raw_codebook)``
+(``generated_codebook.GeneratedCodebookQuantizer``).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class VQBridgeQuantizer(GeneratedCodebookQuantizer):
         mlp_ratio: MLP expansion of each block.
         pos_embed: learned positional embedding over the patch grid.
         residual: bridged = raw + bridge(raw) (the paper's release: off).
-        init_codebook_path: safetensors file of (K, C) vectors (``python -m vqkit.codebook``, e.g. k-means
+        init_codebook_path: safetensors file of (K, C) vectors (``python -m vqkit.tools.codebook``, e.g. k-means
             centres of the encoder's latents) to start the raw codebook from instead of N(0, 1/C). With
             ``residual`` the bridged codebook then starts exactly at those vectors. None: the paper's random init.
         codebook_weight, commit_weight, swap_loss_weights: as ``vq`` (the paper: 1.0 / 0.25, not swapped).

@@ -1,12 +1,17 @@
 """VQGAN-LC: a frozen codebook of pretrained features, mapped to the latent space by a trained projector.
 
 Zhu et al., "Scaling the Codebook Size of VQ-GAN to 100,000 with a Utilization Rate of 99%"
-(arXiv 2406.11837). The K x F codebook (k-means centres of image features, built by
-``python -m vqkit.codebook``) never changes; a projector (Linear F -> D, or an MLP) maps all
-K codes to the search space every training forward, the latents are matched by exact L2
+(arXiv 2406.11837). The K x F codebook (k-means centres of image features, built beforehand by
+``python -m vqkit.tools.codebook`` or the run's ``prepare:`` step) never changes; a projector
+(Linear F -> D, or an MLP) maps all K codes to the search space every training forward, the
+latents are matched by exact L2
 search over all projected codes, and only the projector (and the encoder) learn. Because
 every code moves through the shared projector, codes the batch never selects still follow
 the latent distribution, which keeps usage near 100% at very large K.
+
+The quantizer is ``vq``'s forward over ``generate_codebook() = projector(features)``
+(``generated_codebook.GeneratedCodebookQuantizer``). Building the codebook file is a separate
+preparation step: the constructor only reads it.
 """
 
 from __future__ import annotations
@@ -34,24 +39,26 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
     Args:
         dim: width D of the latents and of the projected codes (the paper: 8).
         codebook_size: number of codes K; must equal the file's K.
-        codebook_path: safetensors file from ``python -m vqkit.codebook`` holding (K, F) features.
-            None: a random Gaussian (K, feature_dim) codebook drawn from ``seed`` is used instead and a
-            warning is logged - for tests and for the random-frozen-codebook ablation of the paper.
-        build: options of ``vqkit.codebook.build_codebook`` (e.g. ``{"source": "efficientnet_lite0",
-            "num_images": 4096}``); when given and ``codebook_path`` does not exist yet, the codebook is
-            built there first (K = ``codebook_size``). None: a missing file is an error.
+        codebook_path: safetensors file holding (K, F) features, built beforehand by
+            ``python -m vqkit.tools.codebook`` (or the run's ``prepare:`` step); a missing file is a
+            FileNotFoundError naming that command. None: a random Gaussian (K, feature_dim) codebook drawn
+            from ``seed`` is used instead and a warning is logged - for tests and for the
+            random-frozen-codebook ablation of the paper.
         feature_dim: F; checked against the file when given, required width of the random codebook
             otherwise (defaults to ``dim``).
         projector: ``linear`` (the paper's default) or ``mlp`` (Linear F->hidden, ReLU, Linear hidden->D).
         projector_hidden: hidden width of the MLP projector (the paper: 256).
         projector_init: ``normal`` (the paper: weights N(0, D^-1/2), bias 0) or ``identity`` (linear projector
             with F == D only: starts as the file's codebook itself, e.g. codes built from the tokenizer's own
-            latents by ``python -m vqkit.codebook --source tokenizer``).
+            latents by ``python -m vqkit.tools.codebook --source tokenizer``).
         seed: seed of the random codebook when no file is given.
         codebook_weight, commit_weight, swap_loss_weights: as ``vq``; VQGAN-LC's own loss is
             commit 1.0 + 0.33 codebook, i.e. ``codebook_weight=1.0, commit_weight=0.33, swap_loss_weights=True``.
         code_chunk, row_chunk: tile sizes of the nearest-code search.
         check_finite: raise on NaN/Inf latents.
+
+    Raises:
+        FileNotFoundError: ``codebook_path`` does not exist (the message says how to build it).
     """
 
     def __init__(
@@ -59,7 +66,6 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
         dim: int,
         codebook_size: int,
         codebook_path: str | None = None,
-        build: dict | None = None,
         feature_dim: int | None = None,
         projector: str = "linear",
         projector_hidden: int = 256,
@@ -77,11 +83,12 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
         )
         if projector not in PROJECTORS:
             raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
-        if codebook_path and build is not None and not Path(codebook_path).exists():
-            from vqkit.codebook import build_codebook
-
-            log.warning("vqgan_lc: %s does not exist: building it now with %s", codebook_path, dict(build))
-            build_codebook(out=codebook_path, num_codes=codebook_size, **dict(build))
+        if codebook_path and not Path(codebook_path).is_file():
+            raise FileNotFoundError(
+                f"vqgan_lc: the codebook file {codebook_path} does not exist; build it first with "
+                f"`python -m vqkit.tools.codebook --out {codebook_path} --num-codes {codebook_size} ...` "
+                "(or the run's `prepare:` step), or point quantizer.codebook_path at an existing file"
+            )
         if codebook_path:
             features, metadata = load_codebook(codebook_path, expected_size=codebook_size)
             if feature_dim is not None and features.shape[1] != feature_dim:

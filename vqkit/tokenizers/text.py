@@ -21,7 +21,11 @@ Encoding, two modes (``mode``), both lossless for every string:
 
 Artifact: ``config.json`` (format header, settings), ``vocab.json`` (hex strings by id),
 ``model.safetensors`` (only with the network, needed for ``mode="model"``) and ``tokenizer.json``
-(the Hugging Face export). Nothing is pickled.
+(the Hugging Face export). Nothing is pickled. The network is a ``vqkit.models.TextTokenizer``; its
+config subtree is ``config["model"]`` (``_target_: vqkit.models.TextTokenizer``), rebuilt by the safe
+builder (``TokenizerModel.from_config``). Artifacts of format version 1 (the network's parts at the top of
+``config["model"]``, the gate beside the quantizer) are read too: their config and weight names are
+converted on load (``legacy_model_config``, ``legacy_state_dict``).
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ import torch
 from safetensors.torch import load_file, save
 
 from vqkit.modalities.text_bytes import SEGMENTATIONS, byte_pieces, rows_from_pieces
+from vqkit.models.artifact import resolve_target
+from vqkit.models.text import TextTokenizer
 from vqkit.tokenizers.artifact import (
     CONFIG_NAME,
     FORMAT,
     FORMAT_VERSION,
     WEIGHTS_NAME,
-    build_module,
     register_tokenizer,
     write_atomically,
 )
@@ -51,9 +56,8 @@ from vqkit.tokenizers.text_vocab import fewest_pieces, model_vocabulary, network
 VOCAB_NAME = "vocab.json"
 HF_NAME = "tokenizer.json"
 ENCODE_MODES = ("vocab", "model")
-MODEL_PARTS = ("encoder", "decoder", "quantizer", "gate")
-AUTOENCODER_OPTIONS = ("segmentation", "fixed_length", "alpha", "gamma", "reservoir_size", "reservoir_per_step",
-                       "revive_every")
+LEGACY_PARTS = ("encoder", "decoder", "quantizer", "gate")  # format version 1: the network's parts, gate apart
+LEGACY_MODULE_TARGETS = ("vqkit.lit.GQModule", "vqkit.lit.gq_module.GQModule")  # vqkit 0.1 training checkpoints
 
 
 def _version() -> str:
@@ -101,7 +105,7 @@ class GQTokenizer:
         segmentation: ``within`` (segments inside GPT-2 pre-tokens) or ``across`` (whole texts).
         max_token_len: the longest entry the model could produce (K).
         mode: ``vocab`` or ``model``.
-        model: the trained ``GatedTextAutoencoder`` (required for ``mode="model"``).
+        model: the trained ``vqkit.models.TextTokenizer`` (required for ``mode="model"``).
         row_len: bytes per network row in ``model`` mode (the training rows' width).
         config: extra artifact config (model ``_target_`` nodes, training info), kept by ``save``.
     """
@@ -114,7 +118,7 @@ class GQTokenizer:
         segmentation: str = "within",
         max_token_len: int = 10,
         mode: str = "vocab",
-        model: torch.nn.Module | None = None,
+        model: TextTokenizer | None = None,
         row_len: int = 16,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -293,9 +297,15 @@ class GQTokenizer:
             weights = Path(path) / WEIGHTS_NAME
             if not weights.is_file():
                 raise FileNotFoundError(f"{weights} not found but config.json describes a model")
-            model = build_autoencoder(config["model"], source=str(Path(path) / CONFIG_NAME))
+            source = str(Path(path) / CONFIG_NAME)
+            legacy = "_target_" not in config["model"]
+            model = build_autoencoder(config["model"], source=source)
+            state = load_file(str(weights))
+            if legacy:
+                state = legacy_state_dict(state)
+                config = {**config, "model": model.config}
             try:
-                model.load_state_dict(load_file(str(weights)), strict=True)
+                model.load_state_dict(state, strict=True)
             except RuntimeError as err:
                 raise ValueError(f"the weights of {weights} do not fit the model in config.json: {err}") from err
             model = model.to(device)
@@ -308,7 +318,7 @@ class GQTokenizer:
     def from_model(cls, model, segmentation: str = "within", row_len: int = 16, mode: str = "vocab",
                    config: dict[str, Any] | None = None, vocab_rows: torch.Tensor | None = None,
                    strings: str = "decoded", vocab_size: int | None = None, prune: str = "usage") -> GQTokenizer:
-        """Export the vocabulary of a trained ``GatedTextAutoencoder`` (or a ``GQModule``).
+        """Export the vocabulary of a trained ``TextTokenizer`` (or of a ``TokenizerModule`` training one).
 
         Args:
             vocab_rows: training byte rows (R, row_len) to count the network's segments on; needed for
@@ -321,6 +331,8 @@ class GQTokenizer:
                 (by how often the network's gates cut it); see ``vqkit.tokenizers.text_vocab``.
         """
         model = getattr(model, "model", model).eval()
+        if not isinstance(model, TextTokenizer):
+            raise TypeError(f"GQTokenizer.from_model needs a vqkit.models.TextTokenizer, got {type(model).__name__}")
         vocab = model_vocabulary(model, strings, vocab_rows, vocab_size, prune)
         return cls(vocab, segmentation, model.max_token_len, mode, model, row_len, config)
 
@@ -332,42 +344,88 @@ _HEADER_KEYS = ("format", "format_version", "vqkit_version", "modality", "vocab_
 def tokenizer_from_model_config(model_config: dict[str, Any], segmentation: str = "within", row_len: int = 16,
                                  mode: str = "vocab", state_dict: dict[str, Any] | None = None,
                                  **vocab_options: Any) -> GQTokenizer:
-    """The tokenizer of a model config (``_target_`` parts + options) with ``state_dict`` loaded (strict).
+    """The tokenizer of a ``TextTokenizer`` config subtree with ``state_dict`` (the model's own keys) loaded (strict).
 
     ``vocab_options`` (``vocab_rows``, ``strings``, ``vocab_size``, ``prune``) go to ``GQTokenizer.from_model``.
 
     Raises:
-        UnsafeConfigError: a part names something other than a vqkit module.
+        UnsafeConfigError: the config names something other than vqkit modules.
         RuntimeError: the weights do not fit the model.
     """
     model = build_autoencoder(model_config, source="model config")
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
-    stored = {name: model_config.get(name) for name in MODEL_PARTS}
-    stored.update({k: model_config[k] for k in AUTOENCODER_OPTIONS if k in model_config})
-    return GQTokenizer.from_model(model, segmentation, row_len, mode, {"model": stored}, **vocab_options)
+    return GQTokenizer.from_model(model, segmentation, row_len, mode, {"model": model.config}, **vocab_options)
 
 
-def build_autoencoder(model_config: dict[str, Any], source: str):
-    """A ``GatedTextAutoencoder`` from a model config (parts checked by ``build_module``)."""
-    from vqkit.modalities.text_gq import GatedTextAutoencoder
+def build_autoencoder(model_config: dict[str, Any], source: str) -> TextTokenizer:
+    """A ``TextTokenizer`` (fresh weights) from its config subtree, by the safe builder.
 
-    parts = {}
-    for name in MODEL_PARTS:
-        node = model_config.get(name)
-        if name == "gate" and node is None:
-            parts[name] = None
+    A format-version-1 config (``encoder``/``decoder``/``quantizer``/``gate`` parts without a ``_target_``
+    of their own) is converted first (``legacy_model_config``).
+
+    Raises:
+        UnsafeConfigError: the config names something other than vqkit modules.
+        ValueError: not a text model config.
+    """
+    if isinstance(model_config, dict) and "_target_" not in model_config and "encoder" in model_config:
+        model_config = legacy_model_config(model_config, source)
+    return TextTokenizer.from_config(model_config, source)
+
+
+def legacy_model_config(config: dict[str, Any], source: str = "model config") -> dict[str, Any]:
+    """A format-version-1 text model config (vqkit 0.1: parts and options of ``GatedTextAutoencoder``) as the
+    ``TextTokenizer`` config of the same network: the quantizer becomes the gated quantizer's inner backend,
+    the gate's options move into it. Training-only options (alpha, gamma, reservoir) are dropped."""
+    parts = {name: config.get(name) for name in LEGACY_PARTS}
+    for name in ("encoder", "decoder", "quantizer"):
+        if not isinstance(parts[name], dict) or "_target_" not in parts[name]:
+            raise ValueError(f"{source}: model.{name} must be an object with a _target_ (format version 1)")
+    inner = dict(parts["quantizer"])
+    inner_cls = resolve_target(inner.pop("_target_"), f"{source}: model.quantizer")
+    gated = {
+        "_target_": "vqkit.quantizers.GatedQuantizer",
+        "dim": inner.pop("dim"),
+        "codebook_size": inner.pop("codebook_size"),
+        "inner": getattr(inner_cls, "registry_name", None),
+        "inner_options": inner,
+        "segmentation": config.get("segmentation", "learned"),
+        "fixed_length": config.get("fixed_length", 8),
+        "max_token_len": parts["decoder"].get("max_token_len", 10),
+    }
+    if gated["inner"] is None:
+        raise ValueError(f"{source}: model.quantizer {inner_cls.__name__} is not a registered quantizer backend")
+    gate = parts["gate"]
+    if isinstance(gate, dict):
+        gated.update({k: gate[k] for k in ("width", "depth", "num_heads", "kernel") if k in gate})
+    return {"_target_": "vqkit.models.TextTokenizer", "encoder": parts["encoder"], "decoder": parts["decoder"],
+            "quantizer": gated}
+
+
+def legacy_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """Weights of a format-version-1 text network renamed for ``TextTokenizer``: ``gate.*`` -> ``quantizer.gate.*``,
+    ``quantizer.*`` -> ``quantizer.inner.*``; the old model's step counter ``steps`` is dropped."""
+    renamed = {}
+    for name, tensor in state.items():
+        if name == "steps":
             continue
-        parts[name] = build_module(node, f"{source}: model.{name}")
-    options = {k: model_config[k] for k in AUTOENCODER_OPTIONS if k in model_config}
-    return GatedTextAutoencoder(parts["encoder"], parts["quantizer"], parts["decoder"], parts["gate"], **options)
+        if name.startswith("gate."):
+            name = "quantizer." + name
+        elif name.startswith("quantizer."):
+            name = "quantizer.inner." + name[len("quantizer."):]
+        renamed[name] = tensor
+    return renamed
 
 
 def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str | os.PathLike,
                            vocab_size: int | None = None, strings: str = "decoded", prune: str = "usage",
                            vocab_rows: int = 100_000, vocab_text: Sequence[str | os.PathLike] | None = None,
                            ) -> GQTokenizer:
-    """Write the GQTokenizer artifact of a ``vqkit.train`` checkpoint of ``GQModule`` into ``out``.
+    """Write the GQTokenizer artifact of a ``vqkit.train`` checkpoint of a text model into ``out``.
+
+    The checkpoint's ``vqkit_config["model"]`` is the ``TextTokenizer`` config subtree and its ``state_dict``
+    holds the model's weights as ``model.*`` (the ``TokenizerModule`` layout). Checkpoints of vqkit 0.1's
+    ``GQModule`` are converted (``legacy_model_config``, ``legacy_state_dict``).
 
     Args:
         vocab_size, strings, prune: see ``GQTokenizer.from_model`` (defaults: the paper's export, no text needed).
@@ -383,6 +441,11 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
     segmentation = data_config.get("segmentation", "within")
     row_len = int(data_config.get("row_len", 16))
     state = {k[len("model."):]: v for k, v in (checkpoint.get("state_dict") or {}).items() if k.startswith("model.")}
+    model_config = dict(run_config.get("model") or {})
+    if model_config.get("_target_") in LEGACY_MODULE_TARGETS:  # a vqkit 0.1 checkpoint of GQModule
+        model_config = legacy_model_config({k: v for k, v in model_config.items() if k != "_target_"},
+                                           f"{ckpt_path} (vqkit_config)")
+        state = legacy_state_dict(state)
     vocab_options: dict[str, Any] = {}
     if vocab_size is not None or strings != "decoded":
         from vqkit.data.text import read_documents, training_documents
@@ -391,9 +454,7 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
         rows = sample_rows(documents, row_len, segmentation, vocab_rows)
         vocab_options = {"vocab_rows": rows, "strings": strings, "vocab_size": vocab_size, "prune": prune}
     try:
-        tokenizer = tokenizer_from_model_config(
-            dict(run_config.get("model") or {}), segmentation, row_len, "vocab", state, **vocab_options
-        )
+        tokenizer = tokenizer_from_model_config(model_config, segmentation, row_len, "vocab", state, **vocab_options)
     except RuntimeError as err:
         raise ValueError(f"the weights of {ckpt_path} do not fit the model of its vqkit_config: {err}") from err
     if vocab_options:

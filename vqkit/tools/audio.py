@@ -1,8 +1,8 @@
 """Audio files <-> codes with a trained tokenizer artifact.
 
-    python -m vqkit.audio encode speech.wav speech.codes.safetensors --tokenizer DIR [--stages S]
-    python -m vqkit.audio decode speech.codes.safetensors speech.recon.wav [--tokenizer DIR] [--stages S]
-    python -m vqkit.audio info --tokenizer DIR
+    python -m vqkit.tools.audio encode speech.wav speech.codes.safetensors --tokenizer DIR [--stages S]
+    python -m vqkit.tools.audio decode speech.codes.safetensors speech.recon.wav [--tokenizer DIR] [--stages S]
+    python -m vqkit.tools.audio info --tokenizer DIR
 
 A codes file is safetensors with one tensor ``codes`` (ids (N, S) for residual quantizers, (N,)
 for single-stage ones, int16 when the codebook has at most 32,768 codes, else int32; float (N, D)
@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from vqkit.tokenizers import load_tokenizer
 from vqkit.models.audio import AudioTokenizer
+from vqkit.tokenizers import load_tokenizer
 
 
 def _load(path: str | Path, device: str) -> AudioTokenizer:
@@ -80,7 +80,9 @@ def decode_file(
             metadata = f.metadata() or {}
         codes = load_file(str(codes_path))["codes"]
     except (SafetensorError, KeyError) as err:
-        raise ValueError(f"{codes_path} is not a codes file written by `python -m vqkit.audio encode`: {err}") from err
+        raise ValueError(
+            f"{codes_path} is not a codes file written by `python -m vqkit.tools.audio encode`: {err}"
+        ) from err
     directory = tokenizer_dir or metadata.get("tokenizer")
     if not directory:
         raise ValueError(f"{codes_path} does not name its tokenizer; pass --tokenizer DIR")
@@ -104,7 +106,7 @@ def decode_file(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit status (1 on errors)."""
-    parser = argparse.ArgumentParser(prog="python -m vqkit.audio", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vqkit.tools.audio", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     enc = commands.add_parser("encode", help="audio file -> codes (.safetensors)")
     enc.add_argument("audio")
@@ -124,14 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "encode":
             meta = encode_file(args.audio, args.codes, args.tokenizer, args.stages, args.device)
-            print(f"vqkit.audio: {args.audio} -> {args.codes}: {meta['frames']} frames | {meta['description']}")
+            print(f"vqkit.tools.audio: {args.audio} -> {args.codes}: {meta['frames']} frames | {meta['description']}")
         elif args.command == "decode":
             meta = decode_file(args.codes, args.audio, args.tokenizer, args.stages, args.device)
-            print(f"vqkit.audio: {args.codes} -> {args.audio}: {meta['samples']} samples | {meta['description']}")
+            print(f"vqkit.tools.audio: {args.codes} -> {args.audio}: {meta['samples']} samples | {meta['description']}")
         else:
-            print(f"vqkit.audio: {args.tokenizer}: {describe(_load(args.tokenizer, args.device))}")
+            print(f"vqkit.tools.audio: {args.tokenizer}: {describe(_load(args.tokenizer, args.device))}")
     except (OSError, ValueError, TypeError) as err:
-        print(f"vqkit.audio: error: {err}", file=sys.stderr)
+        print(f"vqkit.tools.audio: error: {err}", file=sys.stderr)
         return 1
     return 0
 

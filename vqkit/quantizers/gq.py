@@ -1,0 +1,288 @@
+"""GQ: the gated quantizer of GQ-VAE (arXiv 2512.21913): variable-length tokens over any single-stage backend.
+
+Every valid position t of the latents is quantized by the inner backend (``inner``: ``vq``, ``ema_vq``,
+...). A boundary gate reads the quantized sequence and gives g_t, the probability that a token ends at
+t; the last valid position of a row always ends one (g = 1) and padding never does (g = 0). From the
+gates come
+
+- the hard boundaries, the positions that are tokens: g > 0.5, row ends, and a cut once a token reaches
+  ``max_token_len`` positions (left to right);
+- the soft segment mask m (B, T, K) that weights the segment decoder's K slots: slot K-1-j of position
+  t is the probability that position t-j still belongs to the token ending at t,
+
+      m_{t,j} = prod_{i=1..j} (1 - g_{t-i})      (m_{t,0} = 1; 0 before the start of the row);
+
+- the compression term mean(g) over valid positions, which pushes towards fewer, longer tokens.
+
+``segmentation="fixed"`` is the paper's fixed-length baseline (the reference's ``--hardset``): no gate,
+boundaries every ``fixed_length`` positions and at row ends.
+
+What ``forward`` returns (a ``GatedQuantizerOutput``, a ``QuantizerOutput`` with four more fields):
+    z_q: (B, T, D) the inner backend's output at EVERY valid position (zeros on padding): the segment
+        decoder reads every position, weighted by the soft mask, during training.
+    indices: (B, T) code ids at the token positions, -1 elsewhere (codebook usage counts tokens only).
+    mask: (B, T) bool, the token positions (the hard boundaries); a subset of the input mask.
+    loss / losses: the inner backend's weighted loss and parts, plus ``losses["compression"]`` = mean(g),
+        which keeps its graph and is NOT in ``loss``: the training module weights it (the ``compression``
+        loss term, weight alpha).
+    gates: (B, T) float32 g; segment_mask: (B, T, K); valid: (B, T) bool, the positions quantized;
+        codes: (B, T) the inner ids at every valid position (-1 on padding).
+
+Contract exception: ``decode(encode(z))`` is the code of each TOKEN, so it equals ``forward(z).z_q`` at
+the token positions (``out.mask``) in eval mode, not at the positions inside a token (whose ids are -1).
+``encode`` gates exact codes (``decode`` of the inner ids), ``forward`` the straight-through ``z_q``; the
+two agree up to float rounding of a gate at exactly 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqkit.layers.alibi import ALiBiTransformer
+from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.registry import build_quantizer, register_quantizer
+
+SEGMENTATION_MODES = ("learned", "fixed")
+
+
+class BoundaryGate(nn.Module):
+    """Quantized latents (B, T, D) -> boundary probabilities g (B, T): transformer, Conv1d stack, sigmoid.
+
+    Args:
+        latent_dim: width of the quantized latents.
+        width: transformer width (the convolutions narrow it to width/2, width/4, 1).
+        depth: transformer blocks (paper: 2).
+        num_heads: attention heads.
+        kernel: base kernel size of the convolutions (paper: the max token length; 2k, 1.5k, k).
+    """
+
+    def __init__(self, latent_dim: int = 64, width: int = 64, depth: int = 2, num_heads: int = 4,
+                 kernel: int = 10) -> None:
+        super().__init__()
+        self.inp = nn.Linear(latent_dim, width)
+        self.transformer = ALiBiTransformer(width, depth, num_heads)
+        self.convs = nn.Sequential(
+            nn.Conv1d(width, width // 2, 2 * kernel, padding="same"),
+            nn.Conv1d(width // 2, width // 4, kernel + kernel // 2, padding="same"),
+            nn.Conv1d(width // 4, 1, kernel, padding="same"),
+        )
+
+    def forward(self, z_q: Tensor, valid: Tensor | None = None) -> Tensor:
+        """z_q (B, T, D), valid (B, T) bool -> g (B, T) float32 in (0, 1)."""
+        key_padding = None if valid is None else ~valid
+        h = self.transformer(self.inp(z_q), key_padding)  # (B, T, W)
+        return torch.sigmoid(self.convs(h.transpose(1, 2)).squeeze(1).float())  # (B, T)
+
+
+def segment_mask(gates: Tensor, max_token_len: int) -> Tensor:
+    """Soft mask (B, T, K) from gates (B, T): [..., K-1-j] = prod_{i=1..j} (1 - g_{t-i}), 0 before the row start."""
+    keep = F.pad(1.0 - gates, (max_token_len - 1, 0), value=0.0)  # (B, T+K-1)
+    windows = keep.unfold(1, max_token_len, 1).flip(-1)  # (B, T, K): [..., j] = 1 - g_{t-j}
+    windows = torch.cat([torch.ones_like(windows[..., :1]), windows[..., 1:]], dim=-1)
+    return torch.cumprod(windows, dim=-1).flip(-1)
+
+
+def row_ends(valid: Tensor) -> Tensor:
+    """(B, T) bool: the last valid position of each run of valid positions (of each row, for left-aligned rows)."""
+    nxt = F.pad(valid[:, 1:], (0, 1), value=False)
+    return valid & ~nxt
+
+
+def enforce_max_length(boundaries: Tensor, valid: Tensor, max_token_len: int) -> Tensor:
+    """(B, T) bool boundaries plus the cuts that keep every token within ``max_token_len`` valid positions."""
+    out = boundaries & valid
+    run = torch.zeros(out.shape[0], dtype=torch.long, device=out.device)  # (B,) positions since the last cut
+    for t in range(out.shape[1]):
+        run = run + valid[:, t].long()
+        cut = valid[:, t] & (out[:, t] | (run >= max_token_len))
+        out[:, t] = cut
+        run = torch.where(cut, torch.zeros_like(run), run)
+    return out
+
+
+def segment_lengths(boundaries: Tensor) -> Tensor:
+    """(B, T) positions since the previous boundary, counting t itself (meaningful where a token ends)."""
+    b, t = boundaries.shape
+    pos = torch.arange(t, device=boundaries.device).expand(b, t)
+    last = torch.where(boundaries, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+    previous = F.pad(last[:, :-1], (1, 0), value=-1)
+    return pos - previous
+
+
+def fixed_gates(valid: Tensor, fixed_length: int) -> Tensor:
+    """(B, T) float gates of the fixed baseline: 1 at every ``fixed_length``-th position, 0 elsewhere and on padding."""
+    t = torch.arange(valid.shape[1], device=valid.device)
+    return (((t + 1) % fixed_length) == 0).float().expand_as(valid) * valid
+
+
+@dataclass
+class GatedQuantizerOutput(QuantizerOutput):
+    """``QuantizerOutput`` of the gated quantizer (see the module docstring for every field).
+
+    Attributes:
+        gates: (B, T) float32 boundary probabilities (1 at row ends, 0 on padding).
+        segment_mask: (B, T, K) the soft segment mask of the decoder's K slots.
+        valid: (B, T) bool, the positions that were quantized (the input mask).
+        codes: (B, T) int64 inner code ids at every valid position, -1 on padding.
+        learned_gates: False for ``segmentation="fixed"``: the gates are constants, nothing to train.
+    """
+
+    gates: Tensor | None = None
+    segment_mask: Tensor | None = None
+    valid: Tensor | None = None
+    codes: Tensor | None = None
+    learned_gates: bool = True
+
+
+class Segmentation(NamedTuple):
+    """What ``GatedQuantizer.segment`` returns (all (B, T) but ``z_q``)."""
+
+    boundaries: Tensor  # bool, the token positions
+    codes: Tensor  # int64 inner ids at every valid position, -1 on padding
+    z_q: Tensor  # (B, T, D) the exact codes of every valid position, zeros on padding
+    gates: Tensor  # float32 boundary probabilities
+
+
+@register_quantizer("gq")
+class GatedQuantizer(Quantizer):
+    """A boundary gate over any single-stage backend: variable-length tokens (see the module docstring).
+
+    Args:
+        dim: width D of the latents (B, T, D).
+        codebook_size: codes K of the inner backend.
+        inner: registry name of the backend that quantizes every position (``vq``, ``ema_vq``, ...).
+        inner_options: extra keyword arguments of that backend (e.g. ``{"swap_loss_weights": true}``).
+        segmentation: ``learned`` (the gate) or ``fixed`` (a boundary every ``fixed_length`` positions).
+        fixed_length: token length of the fixed baseline, in [1, max_token_len].
+        max_token_len: the longest token (the segment decoder's slot count K); longer runs are cut.
+        width: gate transformer width.
+        depth: gate transformer blocks (paper: 2).
+        num_heads: gate attention heads.
+        kernel: base kernel of the gate's convolutions; None: ``max_token_len`` (the paper's choice).
+
+    Raises:
+        ValueError: an unknown segmentation, a multi-stage or gated inner backend, options that clash.
+    """
+
+    variable_tokens = True  # ``mask`` marks the tokens it emits, a subset of the positions it was given
+    network_modules = ("gate",)  # sub-networks trained like the encoder (weight decay), not like a codebook
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        inner: str = "vq",
+        inner_options: dict[str, Any] | None = None,
+        segmentation: str = "learned",
+        fixed_length: int = 8,
+        max_token_len: int = 10,
+        width: int = 64,
+        depth: int = 2,
+        num_heads: int = 4,
+        kernel: int | None = None,
+    ) -> None:
+        super().__init__()
+        if segmentation not in SEGMENTATION_MODES:
+            raise ValueError(f"segmentation must be one of {SEGMENTATION_MODES}, got {segmentation!r}")
+        if max_token_len < 1:
+            raise ValueError(f"max_token_len must be >= 1, got {max_token_len}")
+        if segmentation == "fixed" and not 0 < fixed_length <= max_token_len:
+            raise ValueError(f"fixed_length must lie in [1, max_token_len={max_token_len}], got {fixed_length}")
+        if inner in ("gq", "residual"):
+            raise ValueError(f"inner cannot be {inner!r}; pick a single-stage backend such as 'vq' or 'ema_vq'")
+        options = dict(inner_options or {})
+        clash = {"dim", "codebook_size"} & options.keys()
+        if clash:
+            raise ValueError(f"inner_options must not set {sorted(clash)}; they come from the gated quantizer")
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.segmentation = segmentation
+        self.fixed_length = fixed_length
+        self.max_token_len = max_token_len
+        # The gate is built before the inner backend, so that parameters are drawn from the RNG in the
+        # order of the original GQ-VAE model (encoder, decoder, gate, codebook).
+        self.gate = (
+            BoundaryGate(dim, width, depth, num_heads, kernel or max_token_len) if segmentation == "learned" else None
+        )
+        self.inner_name = inner
+        self.inner = build_quantizer(inner, dim=dim, codebook_size=codebook_size, **options)
+        if self.inner.num_stages is not None:
+            raise ValueError(f"inner {inner!r} is multi-stage; the gated quantizer needs one id per position")
+        self.soft = bool(self.inner.soft)
+        self.code_dim = getattr(self.inner, "code_dim", dim)
+
+    @property
+    def codebook(self) -> Tensor:
+        """(K, C) the inner backend's codebook."""
+        return self.inner.codebook
+
+    # --- segmentation ---------------------------------------------------------------------------
+    def gates_for(self, z_q: Tensor, valid: Tensor) -> Tensor:
+        """(B, T) float32 boundary probabilities of quantized latents z_q (B, T, D): 1 at row ends, 0 on padding."""
+        if self.gate is None:
+            g = fixed_gates(valid, self.fixed_length)
+        else:
+            g = self.gate(z_q.to(self.gate.inp.weight.dtype), valid)
+        g = torch.where(row_ends(valid), torch.ones_like(g), g)
+        return g * valid
+
+    def hard_boundaries(self, gates: Tensor, valid: Tensor) -> Tensor:
+        """(B, T) bool token positions: g > 0.5, row ends, and cuts at ``max_token_len``."""
+        return enforce_max_length((gates > 0.5) | row_ends(valid), valid, self.max_token_len)
+
+    # --- the contract ---------------------------------------------------------------------------
+    def forward(self, z: Tensor, mask: Tensor | None = None) -> GatedQuantizerOutput:
+        """Quantize every valid position of z (B, T, D), gate it, and mark the tokens (see the module docstring)."""
+        self.check_input(z, mask)
+        q = self.inner(z, mask)
+        valid = mask if mask is not None else torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        gates = self.gates_for(q.z_q, valid)  # (B, T)
+        boundaries = self.hard_boundaries(gates.detach(), valid)  # (B, T)
+        n_valid = valid.sum().clamp_min(1)
+        compression = gates.sum() / n_valid
+        indices = torch.where(boundaries, q.indices, torch.full_like(q.indices, -1))
+        metrics = dict(q.metrics)
+        metrics["bytes_per_token"] = (valid.sum() / boundaries.sum().clamp_min(1)).float().detach()
+        return GatedQuantizerOutput(
+            z_q=q.z_q,
+            indices=indices,
+            loss=q.loss,
+            losses={**q.losses, "compression": compression},
+            mask=boundaries,
+            probs=q.probs,
+            metrics=metrics,
+            gates=gates,
+            segment_mask=segment_mask(gates, self.max_token_len),
+            valid=valid,
+            codes=q.indices,
+            learned_gates=self.gate is not None,
+        )
+
+    @torch.no_grad()
+    def segment(self, z: Tensor, mask: Tensor | None = None) -> Segmentation:
+        """Tokens of z (B, T, D) from the exact codes of its positions, without touching any state or mode."""
+        self.check_input(z, mask)
+        valid = mask if mask is not None else torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+        codes = self.inner.encode(z, mask=valid)  # (B, T), -1 on padding
+        z_q = self.inner.decode(codes.clamp_min(0)) * valid[..., None]  # (B, T, D)
+        gates = self.gates_for(z_q, valid)
+        return Segmentation(self.hard_boundaries(gates, valid), codes, z_q, gates)
+
+    @torch.no_grad()
+    def encode(self, z: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, T) code ids of the tokens of z (B, T, D), -1 at the other positions and on padding."""
+        seg = self.segment(z, mask)
+        return torch.where(seg.boundaries, seg.codes, torch.full_like(seg.codes, -1))
+
+    def decode(self, indices: Tensor) -> Tensor:
+        """Vectors (..., D) of code ids (...) (the inner backend's codes)."""
+        return self.inner.decode(indices)
+
+    def extra_repr(self) -> str:
+        return (f"inner={self.inner_name}, segmentation={self.segmentation}, max_token_len={self.max_token_len}"
+                + (f", fixed_length={self.fixed_length}" if self.gate is None else ""))
