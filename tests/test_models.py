@@ -19,8 +19,8 @@ from vqkit.lit.run_config import module_from_config
 from vqkit.models import TokenizerModel
 from vqkit.train import train
 
-ONE_STEP = [
-    "trainer.max_steps=1", "test=false", "callbacks.progress_bar.refresh_rate=0",
+ONE_STEP = ["trainer.max_steps=1", "test=false", "callbacks.progress_bar.refresh_rate=0"]
+NO_PICTURES = [  # image/audio callbacks (callbacks=text has none of them)
     "callbacks.reconstruction_grid=null", "callbacks.codebook_usage_plot=null", "callbacks.audio_samples=null",
 ]
 # Tiny discriminators: a 2-layer PatchGAN takes images from 12 pixels; two short STFT scales for waveforms. The
@@ -33,7 +33,7 @@ def model_overrides(name: str) -> list[str]:
     """``model=<name>`` with the embedded data of its modality."""
     if name.startswith("text"):
         return [f"model={name}", "data=shakespeare"]
-    overrides = [f"model={name}"] + (["data=speech"] if name.startswith("audio") else [])
+    overrides = [f"model={name}", *NO_PICTURES] + (["data=speech"] if name.startswith("audio") else [])
     if name.endswith("_gan"):
         overrides += GAN["audio" if name.startswith("audio") else "image"]
     return overrides

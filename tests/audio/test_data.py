@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from vqkit.data.audio import AudioFolderDataModule, EmbeddedSpeechDataModule, load_audio_file, split_of
+from vqkit.data.audio import AudioFolderDataModule, EmbeddedSpeechDataModule, split_of
+from vqkit.modalities.audio_files import load_audio_file
 
 
 def write_tree(root: Path, n: int = 30) -> Path:
