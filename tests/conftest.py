@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vqkit.config import CONF_DIR, compose_train_config
+from vqkit.config import compose_train_config
 
 # Small enough that one optimizer step takes well under a second on a CPU core.
 FAST_OVERRIDES = [
@@ -56,31 +55,6 @@ compose_config = compose_train_config
 def is_text(overrides: list[str]) -> bool:
     """True when the overrides pick a text model or text data (the tiny GQ settings apply)."""
     return any(o.startswith(TEXT_SELECTORS) for o in overrides)
-
-
-def text_models_converted() -> bool:
-    """True once every conf/model/text_*.yaml states ``model:`` like the image and audio models (vqkit 0.1's had a
-    top-level ``_target_``, the training module)."""
-    return all("model" in OmegaConf.load(p) for p in (CONF_DIR / "model").glob("text_*.yaml"))
-
-
-# Issue 13 converts the text models on branch `text`. Until that merge their runs cannot pass here, so they are
-# not run (they fail in their first lines); once the text configs state `module:` the mark is gone and they run.
-TEXT_PENDING = pytest.mark.xfail(
-    not text_models_converted(), reason="text model converted on branch text", strict=False, run=False
-)
-# conf/recipe/vqgan_lc_*.yaml build their codebook with vqkit.tools.codebook.ensure_codebook, which comes with
-# the merge of branch `tools` (on main); likewise not run without it.
-TOOLS_PENDING = pytest.mark.xfail(
-    importlib.util.find_spec("vqkit.tools") is None, reason="vqkit.tools comes with branch tools (main)",
-    strict=False, run=False,
-)
-
-
-def pending_marks(overrides: list[str], config_text: str = "") -> list[pytest.MarkDecorator]:
-    """The xfail marks of a run that needs the text conversion or vqkit.tools (``config_text``: its recipe)."""
-    marks = [TEXT_PENDING] if is_text(overrides) else []
-    return marks + ([TOOLS_PENDING] if "vqkit.tools." in config_text else [])
 
 
 def fast_overrides(overrides: list[str]) -> list[str]:

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import FAST_AUDIO_DATA, FAST_AUDIO_MODEL, TEXT_PENDING
+from tests.conftest import FAST_AUDIO_DATA, FAST_AUDIO_MODEL
 from tests.text.conftest import TINY_GATE, TINY_TEXT
 from vqkit.lit.run_config import module_from_config
 
@@ -69,10 +69,7 @@ def _single_process_validation(run_dir: Path) -> dict[str, float]:
     return metrics
 
 
-@pytest.mark.parametrize(
-    "modality",
-    [pytest.param(m, marks=[TEXT_PENDING] if m.startswith("text") else []) for m in sorted(MODALITIES)],
-)
+@pytest.mark.parametrize("modality", sorted(MODALITIES))
 def test_two_process_training_keeps_ranks_identical(modality: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     cmd = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TEXT_PENDING
 from vqkit.lit.run_config import module_from_config
 from vqkit.quantizers.search import nearest_code
 from vqkit.train import train
@@ -23,9 +22,7 @@ MODALITIES = {
 }
 
 
-@pytest.mark.parametrize(
-    "modality", [pytest.param(m, marks=[TEXT_PENDING] if m == "text" else []) for m in sorted(MODALITIES)]
-)
+@pytest.mark.parametrize("modality", sorted(MODALITIES))
 def test_bf16_mixed_training_keeps_quantization_fp32(modality: str, make_config, monkeypatch) -> None:
     seen: list[tuple[torch.dtype, bool, bool]] = []
 
