@@ -44,12 +44,12 @@ def test_resume_continues_from_checkpoint(make_config) -> None:
 
 
 def test_overfit_one_batch_reduces_loss(make_config) -> None:
-    result = train(make_config("debug=overfit", "trainer.max_steps=100", "module.optimizer.lr=3e-3"))
+    result = train(make_config("debug=overfit", "trainer.max_steps=70", "module.optimizer.lr=3e-3"))
     rows = (Path(result["output_dir"]) / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     col = header.index("train/loss")
     losses = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert len(losses) >= 5 and losses[-1] < 0.5 * losses[0], losses  # about 0.35 at step 69
 
 
 def test_cli_from_another_directory_with_wandb_offline(tmp_path: Path) -> None:
