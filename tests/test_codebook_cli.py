@@ -142,3 +142,18 @@ def test_an_interrupted_build_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(codebook_tool, "save_codebook", save_codebook)
     ensure_codebook(path, 8, progress=False)  # the next run builds it
     assert load_codebook(path, expected_size=8)[0].shape == (8, 4)
+
+
+def test_codes_from_a_trained_tokenizer_checkpoint_and_its_artifact(tmp_path, artifact):
+    """--source tokenizer: k-means over the latents of a vqkit.train checkpoint or of its exported artifact."""
+    from tests.artifacts import tiny_checkpoint
+
+    outs = []
+    for source in (tiny_checkpoint(tmp_path / "tiny.ckpt"), artifact):
+        out = tmp_path / f"from_{Path(source).name}.safetensors"
+        assert main(["--out", str(out), "--num-codes", "8", "--source", "tokenizer", "--tokenizer", str(source),
+                     *TINY]) == 0
+        codebook, meta = load_codebook(out, expected_size=8)
+        assert meta["source"] == "tokenizer" and torch.isfinite(codebook).all()
+        outs.append(codebook)
+    assert outs[0].shape == outs[1].shape and outs[0].shape[0] == 8

@@ -161,25 +161,26 @@ def feature_extractor(args: argparse.Namespace) -> tuple[Callable[[Tensor], Tens
 
 
 def _tokenizer_encoder(path: Path) -> tuple[torch.nn.Module, Callable[[Tensor], Tensor]]:
+    """The encoder and input normalization of an image tokenizer: a vqkit.train checkpoint or an artifact folder."""
     if not path.exists():
         raise FileNotFoundError(f"--tokenizer {path} does not exist; give a .ckpt of vqkit.train or an artifact folder")
-    if path.is_file():
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
+    from vqkit.models import ImageTokenizer, TokenizerModel
 
-        from vqkit.export import load_checkpoint
+    if path.is_file():
+        from vqkit.export import model_config, model_state
+        from vqkit.lit.checkpoint_io import load_checkpoint
 
         checkpoint = load_checkpoint(path)
-        if "vqkit_config" not in checkpoint:
-            raise ValueError(f"{path} has no stored vqkit config: it was not written by `python -m vqkit.train`")
-        model = instantiate(OmegaConf.create(checkpoint["vqkit_config"]).model)
-        model.load_state_dict(checkpoint["state_dict"])
-        model.eval()
-        return model.encoder, model.normalize
-    from vqkit.tokenizers import load_tokenizer
+        model = TokenizerModel.from_config(model_config(checkpoint, path), f"{path}: vqkit_config.model")
+        model.load_state_dict(model_state(checkpoint, path))
+    else:
+        from vqkit.tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(path).eval()
-    return tokenizer.encoder, lambda x: (x - tokenizer.data_mean) / tokenizer.data_std
+        model = load_tokenizer(path)
+    if not isinstance(model, ImageTokenizer):
+        raise ValueError(f"--tokenizer {path} is a {type(model).__name__}; --source tokenizer needs an image tokenizer")
+    model.eval()
+    return model.encoder, model.normalize
 
 
 def image_batches(args: argparse.Namespace) -> tuple[Iterator[tuple[Tensor, Tensor | None]], int, dict[str, Any]]:
