@@ -75,7 +75,7 @@ def test_warmup_ramps_the_weight_in_training_only(module: TokenizerModule) -> No
 
 
 def test_terms_are_logged_per_stage(make_config) -> None:
-    module = module_from_config(make_config("+module.losses.l1.warmup_steps=100", "scheduler=none"))
+    module = module_from_config(make_config("module.losses.l1.warmup_steps=100", "scheduler=none"))
     loader = DataLoader(TensorDataset(images(8)), batch_size=4)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
