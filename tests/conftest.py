@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
@@ -98,3 +99,12 @@ def artifact(tmp_path: Path) -> Path:
     out = tmp_path / "tokenizer"
     export_tokenizer(tiny_checkpoint(tmp_path / "tiny.ckpt"), out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that set torch's thread count (benchmark cells do) must not change later tests' float results:
+    a run reduced over 1 thread differs in its last bits from one over 2 (the exact-resume test compares bits)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
