@@ -97,3 +97,16 @@ def test_eval_of_an_audio_tokenizer(audio_checkpoint: str, tmp_path: Path) -> No
     assert not (tmp_path / "reconstructions").exists()  # reconstructions are saved as PNG for images only
     stats = json.loads((tmp_path / "latent_stats.json").read_text())
     assert len(stats["mean"]) == 8 and stats["tokens"] > 0
+
+
+def test_eval_of_a_text_tokenizer(tmp_path: Path) -> None:
+    """Text models evaluate through the same trainer.test: bytes per token, exact tokens, codebook usage."""
+    ckpt = trained_checkpoint(tmp_path / "run", "data=shakespeare", "model=text_gq", steps=2)
+    report = evaluate(ckpt, {"max_eval_rows": 64}, out=str(tmp_path / "eval"))
+    m = report["metrics"]
+    for key in ("bytes_per_token", "rec_token_acc", "rec_byte_acc", "rec", "mask", "compression",
+                "codebook/usage", "loss"):
+        assert key in m and math.isfinite(m[key]), key
+    assert 1.0 <= m["bytes_per_token"] <= 8.0 and 0.0 <= m["rec_token_acc"] <= 1.0
+    assert "psnr" not in m and "lpips" not in m
+    assert json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())["metrics"] == m
