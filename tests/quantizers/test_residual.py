@@ -125,3 +125,13 @@ def test_images_train_with_residual_quantizer(make_config) -> None:
     metrics = result["metrics"]
     assert 0 < metrics["test/codebook/stage0/usage"] <= 1 and "test/codebook/stage1/perplexity" in metrics
     assert metrics["test/psnr"] > 0
+
+
+@pytest.mark.parametrize(("wrapper", "options"), [
+    ("residual", {"stage_quantizer": "gq"}), ("residual", {"stage_quantizer": "residual"}),
+    ("gq", {"inner": "residual"}), ("gq", {"inner": "gq"}),
+    ("residual", {"stage_options": {"dim": 4}}), ("gq", {"inner_options": {"codebook_size": 4}}),
+])
+def test_wrappers_refuse_wrappers_inside_and_options_they_set_themselves(wrapper, options):
+    with pytest.raises(ValueError, match="single-stage backend|must not set"):
+        build_quantizer(wrapper, dim=8, codebook_size=16, **options)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from vqkit.layers.alibi import ALiBiTransformer
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
-from vqkit.quantizers.registry import build_quantizer, register_quantizer
+from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer
 
 SEGMENTATION_MODES = ("learned", "fixed")
 
@@ -193,12 +193,6 @@ class GatedQuantizer(Quantizer):
             raise ValueError(f"max_token_len must be >= 1, got {max_token_len}")
         if segmentation == "fixed" and not 0 < fixed_length <= max_token_len:
             raise ValueError(f"fixed_length must lie in [1, max_token_len={max_token_len}], got {fixed_length}")
-        if inner in ("gq", "residual"):
-            raise ValueError(f"inner cannot be {inner!r}; pick a single-stage backend such as 'vq' or 'ema_vq'")
-        options = dict(inner_options or {})
-        clash = {"dim", "codebook_size"} & options.keys()
-        if clash:
-            raise ValueError(f"inner_options must not set {sorted(clash)}; they come from the gated quantizer")
         self.dim = dim
         self.codebook_size = codebook_size
         self.segmentation = segmentation
@@ -210,9 +204,7 @@ class GatedQuantizer(Quantizer):
             BoundaryGate(dim, width, depth, num_heads, kernel or max_token_len) if segmentation == "learned" else None
         )
         self.inner_name = inner
-        self.inner = build_quantizer(inner, dim=dim, codebook_size=codebook_size, **options)
-        if self.inner.num_stages is not None:
-            raise ValueError(f"inner {inner!r} is multi-stage; the gated quantizer needs one id per position")
+        self.inner = build_inner_quantizer(inner, dim, codebook_size, inner_options, "inner / inner_options")
         self.soft = bool(self.inner.soft)
         self.code_dim = getattr(self.inner, "code_dim", dim)
 

@@ -40,3 +40,32 @@ def quantizer_class(name: str) -> type[Quantizer]:
 def build_quantizer(name: str, **kwargs: Any) -> Quantizer:
     """Build a registered backend, e.g. ``build_quantizer("vq", dim=64, codebook_size=1024)``."""
     return quantizer_class(name)(**kwargs)
+
+
+WRAPPERS = ("residual", "gq")  # backends that hold other backends
+
+
+def build_inner_quantizer(name: str, dim: int, codebook_size: int, options: dict[str, Any] | None,
+                          owner: str) -> Quantizer:
+    """A single-stage backend built inside a wrapper (a residual stage, the gated quantizer's codebook).
+
+    Args:
+        name: registry name of the backend.
+        dim, codebook_size: the wrapper's; ``options`` must not set them.
+        options: the backend's other keyword arguments.
+        owner: the wrapper's option names for messages, e.g. ``"stage_quantizer / stage_options"``.
+
+    Raises:
+        ValueError: a wrapper as inner backend, options that set dim/codebook_size, or a multi-stage backend.
+    """
+    backend, options_name = (part.strip() for part in owner.split("/"))
+    if name in WRAPPERS:
+        raise ValueError(f"{backend} cannot be {name!r}; pick a single-stage backend such as 'vq' or 'ema_vq'")
+    options = dict(options or {})
+    clash = {"dim", "codebook_size"} & options.keys()
+    if clash:
+        raise ValueError(f"{options_name} must not set {sorted(clash)}; they come from the wrapping quantizer")
+    quantizer = build_quantizer(name, dim=dim, codebook_size=codebook_size, **options)
+    if quantizer.num_stages is not None:
+        raise ValueError(f"{backend} {name!r} is multi-stage; it must give one id per token")
+    return quantizer

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
-from vqkit.quantizers.registry import build_quantizer, register_quantizer
+from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer
 
 
 @register_quantizer("residual")
@@ -77,25 +77,18 @@ class ResidualQuantizer(Quantizer):
         super().__init__()
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
-        if stage_quantizer == "residual":
-            raise ValueError("stage_quantizer cannot be 'residual' itself; pick a single-stage backend such as 'vq'")
         if not 0.0 <= dropout_prob <= 1.0:
             raise ValueError(f"dropout_prob must be in [0, 1], got {dropout_prob}")
         if not 1 <= dropout_min_stages <= num_stages:
             raise ValueError(f"dropout_min_stages must be in [1, num_stages={num_stages}], got {dropout_min_stages}")
-        options = dict(stage_options or {})
-        clash = {"dim", "codebook_size"} & options.keys()
-        if clash:
-            raise ValueError(f"stage_options must not set {sorted(clash)}; they come from the residual quantizer")
         self.dim = dim
         self.codebook_size = codebook_size
         self.num_stages = num_stages
         self.stage_quantizer = stage_quantizer
         self.stages = nn.ModuleList(
-            build_quantizer(stage_quantizer, dim=dim, codebook_size=codebook_size, **options) for _ in range(num_stages)
+            build_inner_quantizer(stage_quantizer, dim, codebook_size, stage_options, "stage_quantizer / stage_options")
+            for _ in range(num_stages)
         )
-        if any(getattr(stage, "num_stages", None) is not None for stage in self.stages):
-            raise ValueError(f"stage_quantizer {stage_quantizer!r} is multi-stage; stages must give one id per token")
         self.soft = bool(self.stages[0].soft)
         self.dropout_prob = dropout_prob
         self.dropout_min_stages = dropout_min_stages
