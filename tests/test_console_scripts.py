@@ -58,3 +58,17 @@ def test_tool_runs_as_a_module(tool: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"usage: python -m vqkit.tools.{tool}"), proc.stdout[:200]
+
+
+@pytest.mark.parametrize("name", ["vqkit-train", "vqkit-eval", "vqkit-export"])
+def test_hydra_app_finds_its_config_when_run_as_a_console_script(name: str, tmp_path: Path) -> None:
+    """A console script runs a wrapper as __main__, from any folder: the app must still find conf/."""
+    module, function = console_scripts()[name].split(":")
+    wrapper = tmp_path / name
+    wrapper.write_text(f"import sys\nfrom {module} import {function}\nsys.argv[0] = {name!r}\nsys.exit({function}())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, str(wrapper), "--cfg", "job"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ckpt_path" in proc.stdout or "trainer" in proc.stdout
+    assert not list(tmp_path.glob("*.log")) and not (tmp_path / "outputs").exists()

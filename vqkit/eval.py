@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
-from vqkit.config import register_resolvers
+from vqkit.config import CONF_DIR, register_resolvers
 from vqkit.lit.checkpoint_io import load_checkpoint
 from vqkit.lit.run_config import module_from_config
 from vqkit.metrics.latent_stats import LatentStatistics
@@ -88,7 +88,7 @@ def evaluate(ckpt_path: str, overrides: dict[str, Any] | None = None, **options:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; known: {sorted(OPTIONS)} (see conf/eval.yaml)")
-    opts = {**OmegaConf.to_container(OmegaConf.load(_conf("eval.yaml"))), **options}
+    opts = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "eval.yaml")), **options}
     split = opts["split"]
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
@@ -169,15 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     run(compose_config("eval", args))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     run(cfg)
-
-
-def _conf(name: str) -> Path:
-    from vqkit.config import CONF_DIR
-
-    return CONF_DIR / name
 
 
 if __name__ == "__main__":

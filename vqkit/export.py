@@ -24,6 +24,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vqkit.config import CONF_DIR
 from vqkit.lit.checkpoint_io import load_checkpoint
 from vqkit.models.artifact import resolve_target
 from vqkit.models.base import TokenizerModel
@@ -212,7 +213,7 @@ def _usage(problem: str) -> int:
     return 2
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def _hydra_main(cfg: DictConfig) -> None:
     status = run(cfg)
     if status:

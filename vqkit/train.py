@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from vqkit.callbacks.audio_samples import AudioSamples
 from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
-from vqkit.config import register_resolvers
+from vqkit.config import CONF_DIR, register_resolvers
 from vqkit.lit.run_config import module_from_config, resolved_config
 
 register_resolvers()
@@ -161,7 +161,7 @@ def summary_line(result: dict[str, Any]) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 
