@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torchvision.transforms.v2 import functional as TF
 
 from vqkit.layers.feature_encoder import FrozenFeatureEncoder, efficientnet_lite0_weights, load_weights, read_state_dict
+from vqkit.lit.run_config import module_from_config
 from vqkit.losses import LossInputs, LossTerm
 from vqkit.losses.repa import RepresentationAlignment
 from vqkit.models import ModelOutput
@@ -87,8 +88,14 @@ def test_match_count_on_grids_and_sequences() -> None:
 
 
 def test_training_with_repa_logs_the_alignment_loss(make_config) -> None:
-    result = train(make_config("repa=efficientnet_lite0", "module.losses.repa.feature_encoder.image_size=64",
-                               "trainer.max_steps=2", "test=false"))
+    cfg = make_config("repa=efficientnet_lite0", "module.losses.repa.feature_encoder.image_size=64",
+                      "trainer.max_steps=2", "test=false")
+    result = train(cfg)
     assert "train/repa" in result["metrics"] and -1.0 <= result["metrics"]["train/repa"] <= 1.0
     state = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     assert "losses.repa.projector.0.weight" in state and not any(k.startswith("model.repa") for k in state)
+    assert not any(k.startswith("losses.repa.feature_encoder.") for k in state), "frozen encoder weights were saved"
+    module = module_from_config(cfg)  # the checkpoint still loads strictly: the encoder keeps its own weights
+    encoder = {k: v.clone() for k, v in module.losses.repa.feature_encoder.state_dict().items()}
+    module.load_state_dict(state, strict=True)
+    assert all(torch.equal(v, module.losses.repa.feature_encoder.state_dict()[k]) for k, v in encoder.items())

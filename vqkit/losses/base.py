@@ -4,7 +4,9 @@ Each term computes one scalar from a ``LossInputs`` (the model's inputs, the dat
 range and the model's output). The module multiplies it by ``weight_at(step)``: ``weight`` after a
 linear warm-up from 0 over ``warmup_steps``. A weight of 0 means the term is computed and logged but
 not optimized. A term may also return ``(value, parts)``, where ``parts`` are extra unweighted values
-to log under ``<name>/<part>``.
+to log under ``<name>/<part>``. A term that holds a frozen pretrained network rebuilt from its own weights
+file (LPIPS's VGG16, REPA's feature encoder) names it in ``frozen_networks``: its tensors are kept out of
+state dicts and checkpoints, and loading keeps the weights the network was built with.
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ class LossTerm(nn.Module):
         warmup_steps: the weight ramps linearly from 0 over these many training steps (0: none).
     """
 
+    frozen_networks: tuple[str, ...] = ()  # submodules left out of state dicts (see the module docstring)
+
     def __init__(self, weight: float = 1.0, warmup_steps: int = 0) -> None:
         super().__init__()
+        if self.frozen_networks:
+            self.register_state_dict_post_hook(_drop_frozen_state)
+            self.register_load_state_dict_pre_hook(_fill_frozen_state)
         if weight < 0 or warmup_steps < 0:
             raise ValueError(
                 f"{type(self).__name__}: weight and warmup_steps must be >= 0, got {weight}, {warmup_steps}"
@@ -61,3 +68,15 @@ class LossTerm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, warmup_steps={self.warmup_steps}"
+
+
+def _drop_frozen_state(module: LossTerm, state_dict: dict, prefix: str, local_metadata: object) -> None:
+    frozen = tuple(f"{prefix}{name}." for name in module.frozen_networks)
+    for key in [k for k in state_dict if k.startswith(frozen)]:
+        del state_dict[key]
+
+
+def _fill_frozen_state(module: LossTerm, state_dict: dict, prefix: str, *args: object) -> None:
+    for name in module.frozen_networks:
+        for key, value in getattr(module, name).state_dict(prefix=f"{prefix}{name}.").items():
+            state_dict.setdefault(key, value)

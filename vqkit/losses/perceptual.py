@@ -104,21 +104,11 @@ class LPIPSLoss(LossTerm):
         weights_path: see ``LPIPS``.
     """
 
+    frozen_networks = ("net",)
+
     def __init__(self, weight: float = 1.0, warmup_steps: int = 0, weights_path: str | Path | None = None) -> None:
         super().__init__(weight, warmup_steps)
         self.net = LPIPS(weights_path)
-        self.register_state_dict_post_hook(_drop_net_state)
-        self.register_load_state_dict_pre_hook(_fill_net_state)
 
     def forward(self, batch: LossInputs) -> Tensor:
         return self.net(batch.output.reconstruction.float(), batch.inputs.float()).float().mean()
-
-
-def _drop_net_state(module: nn.Module, state_dict: dict, prefix: str, local_metadata: object) -> None:
-    for key in [k for k in state_dict if k.startswith(f"{prefix}net.")]:
-        del state_dict[key]
-
-
-def _fill_net_state(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
-    for key, value in module.net.state_dict(prefix=f"{prefix}net.").items():
-        state_dict.setdefault(key, value)

@@ -26,8 +26,11 @@ class RepresentationAlignment(LossTerm):
         token_dim: width of the tokens.
         feature_encoder: the frozen encoder giving the target features.
         hidden_dim: width of the MLP's hidden layers.
-        weight, warmup_steps: see ``LossTerm`` (SoftVQ-VAE: 0.1).
+        weight, warmup_steps: see ``LossTerm`` (SoftVQ-VAE: 0.1). The frozen encoder is kept out of
+            checkpoints; only the projector is trained and stored.
     """
+
+    frozen_networks = ("feature_encoder",)  # rebuilt from its weights file: not stored in checkpoints
 
     def __init__(self, token_dim: int, feature_encoder: FrozenFeatureEncoder, hidden_dim: int = 512,
                  weight: float = 0.1, warmup_steps: int = 0) -> None:
