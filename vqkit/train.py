@@ -108,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for step in cfg.get("prepare") or []:
         instantiate(step)
     datamodule = instantiate(cfg.data)
-    module = module_from_config(cfg)
+    module = module_from_config(cfg, resolved)
     callbacks = instantiate_collection(cfg.get("callbacks"))
     if cfg.get("seed") is not None:
         callbacks.append(ReproducibleEpochs(cfg.seed))

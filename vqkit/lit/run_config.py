@@ -19,15 +19,16 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def module_from_config(cfg: Any) -> Any:
+def module_from_config(cfg: Any, resolved: dict[str, Any] | None = None) -> Any:
     """The training module of a run config: ``cfg.module`` around the tokenizer ``cfg.model``, config attached.
 
     Used by ``vqkit.train`` and ``vqkit.eval`` alike, so a checkpoint is rebuilt exactly as it was trained.
+    ``resolved``: ``resolved_config(cfg)`` when the caller already has it.
     """
     from hydra.utils import instantiate
 
     module = instantiate(cfg.module, model=instantiate(cfg.model))
-    module.attach_config(resolved_config(cfg))
+    module.attach_config(resolved if resolved is not None else resolved_config(cfg))
     return module
 
 
