@@ -108,3 +108,9 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models run faster so on a busy 2-core machine (restored by the fixture above)."""
+    torch.set_num_threads(1)

@@ -43,13 +43,7 @@ GAN = [
 GENERATOR = ("model.encoder.", "model.quantizer.", "model.decoder.")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these tiny models run faster than with two threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: faster on one thread (tests/conftest.py)
 
 
 # --- losses -----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
@@ -37,12 +36,8 @@ TINY_GATE = ["quantizer.width=16", "quantizer.depth=1", "quantizer.num_heads=2"]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny text models run fastest on one thread (and do not fight other processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _text_on_one_thread(one_thread):
+    """Tiny text models run fastest on one thread (tests/conftest.py's ``one_thread``)."""
 
 
 @pytest.fixture
