@@ -33,6 +33,13 @@ class UnsafeConfigError(ValueError):
     """A tokenizer config asks for something other than plain data and vqkit modules."""
 
 
+def vqkit_version() -> str:
+    """The running vqkit's version, recorded in every artifact's config.json."""
+    from vqkit import __version__
+
+    return __version__
+
+
 def read_config(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """``(folder, parsed config.json)`` of an artifact folder, with its header checked.
 

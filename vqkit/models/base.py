@@ -32,6 +32,7 @@ from vqkit.models.artifact import (
     WEIGHTS_NAME,
     build_module,
     read_config,
+    vqkit_version,
     write_atomically,
 )
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
@@ -186,7 +187,7 @@ class TokenizerModel(nn.Module, ModelHubMixin):
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "vqkit_version": _version(),
+            "vqkit_version": vqkit_version(),
             "modality": self.modality,
             "codebook_size": self.codebook_size,
             "token_dim": self.token_dim,
@@ -280,9 +281,3 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
         raise ValueError(f"{weights_file} does not fit the model of {source}: {err}") from err
     model.info = {k: v for k, v in config.items() if k not in ("model",)}
     return model.to(device).eval()
-
-
-def _version() -> str:
-    from vqkit import __version__
-
-    return __version__

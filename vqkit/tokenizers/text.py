@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from vqkit.modalities.text_bytes import SEGMENTATIONS, byte_pieces, rows_from_pieces
-from vqkit.models.artifact import resolve_target
+from vqkit.models.artifact import resolve_target, vqkit_version
 from vqkit.models.text import TextTokenizer
 from vqkit.tokenizers.artifact import (
     CONFIG_NAME,
@@ -58,12 +58,6 @@ HF_NAME = "tokenizer.json"
 ENCODE_MODES = ("vocab", "model")
 LEGACY_PARTS = ("encoder", "decoder", "quantizer", "gate")  # format version 1: the network's parts, gate apart
 LEGACY_MODULE_TARGETS = ("vqkit.lit.GQModule", "vqkit.lit.gq_module.GQModule")  # vqkit 0.1 training checkpoints
-
-
-def _version() -> str:
-    from vqkit import __version__
-
-    return __version__
 
 
 def byte_to_unicode() -> dict[int, str]:
@@ -162,7 +156,7 @@ class GQTokenizer:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "vqkit_version": _version(),
+            "vqkit_version": vqkit_version(),
             "modality": self.modality,
             "vocab_size": self.vocab_size,
             "segmentation": self.segmentation,
