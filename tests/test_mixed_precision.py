@@ -36,8 +36,8 @@ def test_bf16_mixed_training_keeps_quantization_fp32(modality: str, make_config,
         valid = got >= 0
         seen.append((z.dtype, bool(torch.equal(got[valid], expected[valid])), torch.is_autocast_enabled("cpu")))
 
-    def hooked_module_from_config(cfg):
-        module = module_from_config(cfg)
+    def hooked_module_from_config(cfg, *args):
+        module = module_from_config(cfg, *args)
         module.model.quantizer.register_forward_hook(spy)
         hooked_module_from_config.model = module.model
         return module
