@@ -9,13 +9,16 @@ Weights never come from a hub: ``weights_path`` is a local file, or ``weights=
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from vqkit.layers.pretrained import load_checked, read_state_dict, timm_filter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,30 +36,12 @@ def efficientnet_lite0_weights() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "efficientnet-lite0-57934424.pth"
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file or a plain state-dict ``.pt/.pth`` (loaded with weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist; pass the path of a local weights file")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"could not read {path} as a state dict without unpickling code: {err}") from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a flat dict of tensors (a state dict)")
-    return state
-
-
-def load_weights(model: nn.Module, state: dict[str, Tensor]) -> None:
+def load_weights(model: nn.Module, state: dict[str, Tensor], path: str | Path = "the weights file") -> None:
     """Load ``state`` by name, or, when the names differ but every tensor's shape matches in order
     (e.g. the original EfficientNet release against timm's port), by position."""
     own = model.state_dict()
     if set(state) == set(own):
-        model.load_state_dict(state)
+        load_checked(model, state, path, "weights_path")
         return
     shapes_match = len(state) == len(own) and all(
         a.shape == b.shape for a, b in zip(state.values(), own.values(), strict=True)
@@ -64,10 +49,39 @@ def load_weights(model: nn.Module, state: dict[str, Tensor]) -> None:
     if not shapes_match:
         missing = sorted(set(own) - set(state))[:5]
         raise ValueError(
-            f"the weights do not fit {type(model).__name__}: names differ (e.g. missing {missing}) and the "
+            f"the weights in {path} do not fit {type(model).__name__}: names differ (e.g. missing {missing}) and the "
             "tensors do not match in order and shape; check model_name against the weights file"
         )
     model.load_state_dict(dict(zip(own, state.values(), strict=True)))
+
+
+def frozen_timm_model(model_name: str, weights_path: str | Path | None, option: str, **kwargs: Any) -> nn.Module:
+    """A timm model without classifier (``num_classes=0``) holding the weights of a local file, frozen, in eval mode.
+
+    ``weights_path=None`` is allowed for ``efficientnet_lite0`` only (the packaged ImageNet weights). The file's
+    classifier tensors are ignored; timm's checkpoint filter of the architecture (if any) adapts the rest.
+
+    Args:
+        model_name: a timm architecture name.
+        weights_path: the local weights file.
+        option: the config option of ``weights_path``, named in error messages.
+        **kwargs: more ``timm.create_model`` arguments (``img_size``, ``patch_size``, ...).
+    """
+    model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+    if weights_path is None:
+        if model_name != "efficientnet_lite0":
+            raise ValueError(
+                f"no packaged weights for {model_name!r}: set {option}=/path/to/weights "
+                "(a local .safetensors or .pth state dict; nothing is downloaded)"
+            )
+        weights_path = str(efficientnet_lite0_weights())
+    state = read_state_dict(weights_path, option)
+    state = {k: v for k, v in timm_filter(model, state).items()
+             if not k.startswith(("_fc.", "classifier.", "head.", "fc."))}
+    load_weights(model, state, weights_path)
+    model.requires_grad_(False)
+    model.eval()
+    return model
 
 
 class FrozenFeatureEncoder(nn.Module):
@@ -78,18 +92,16 @@ class FrozenFeatureEncoder(nn.Module):
         weights_path: local weights file; None with ``model_name="efficientnet_lite0"`` uses the
             packaged ImageNet weights.
         image_size: inputs are resized (bilinear, antialiased) to this square size first.
+        model_kwargs: extra ``timm.create_model`` arguments, e.g. ``{img_size: 256, patch_size: 16}`` for
+            a DINOv2 ViT used at 256 px with 16 x 16 patches (the file's position and patch embeddings are
+            resampled by timm's checkpoint filter, as SoftVQ-VAE's REPA teacher does).
     """
 
     def __init__(self, model_name: str = "efficientnet_lite0", weights_path: str | None = None,
-                 image_size: int = 224) -> None:
+                 image_size: int = 224, model_kwargs: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.model = timm.create_model(model_name, pretrained=False, num_classes=0)
-        if weights_path is None:
-            if model_name != "efficientnet_lite0":
-                raise ValueError(f"no packaged weights for {model_name!r}: pass weights_path=/path/to/weights")
-            weights_path = str(efficientnet_lite0_weights())
-        state = {k: v for k, v in read_state_dict(weights_path).items() if not k.startswith(("_fc.", "classifier."))}
-        load_weights(self.model, state)
+        self.model = frozen_timm_model(model_name, weights_path, "module.losses.repa.feature_encoder.weights_path",
+                                       **dict(model_kwargs or {}))
         self.model.requires_grad_(False)
         self.model.eval()
         self.image_size = image_size
