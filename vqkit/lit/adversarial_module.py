@@ -37,12 +37,14 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from vqkit.layers.diffaug import DiffAugment
 from vqkit.lit.tokenizer_module import OptimizerFactory, SchedulerFactory, TokenizerModule
 from vqkit.losses.adversarial import (
     GAN_LOSSES,
     GanLoss,
     LeCAMRegularizer,
     adaptive_generator_weight,
+    consistency_loss,
     discriminator_loss,
     generator_loss,
 )
@@ -54,7 +56,7 @@ class AdversarialTokenizerModule(TokenizerModule):
     Generator update (every batch)::
 
         base  = TokenizerModule's loss (weighted terms at this step + quantizer loss)
-        total = base + [step >= disc_start] * disc_weight * lambda * g_loss(D(x_hat))
+        total = base + [step >= disc_start] * disc_weight * lambda * g_loss(D(aug(x_hat)))
         lambda = ||grad_W base|| / (||grad_W g_loss|| + 1e-4)   (W: decoder's last weight; 1 if not adaptive)
 
     Only the reconstruction-side terms reach the decoder's output layer, so
@@ -62,10 +64,15 @@ class AdversarialTokenizerModule(TokenizerModule):
 
     Discriminator update (from ``disc_start`` on)::
 
-        d_total = d_loss(D(x), D(sg(x_hat))) + lecam_weight * lecam
+        d_total = disc_loss_weight * (d_loss(D(aug(x)), D(aug(sg(x_hat)))) + lecam_weight * lecam)
+                  + cr_weight * mse([D(aug(x)), D(aug(sg(x_hat)))], [D(strong(x)), D(strong(sg(x_hat)))])
 
-    ``x_hat`` is the reconstruction of the generator update of the same batch. A weight of
-    0 (``disc_weight``, ``lecam_weight``) means the term is computed and logged but not optimized.
+    ``x_hat`` is the reconstruction of the generator update of the same batch. ``aug`` is ``diff_augment``
+    (identity when None), drawn afresh for every call, so real and fake inputs are augmented alike but
+    independently. The last line is the balanced consistency regularisation (bCR, Zhao et al. 2021) as
+    SoftVQ-VAE has it: the logits of the (weakly augmented) inputs against those of a strong augmentation
+    ``cr_augment`` of the same inputs, gradients through both. A weight of 0 (``disc_weight``,
+    ``lecam_weight``) means the term is computed and logged but not optimized; ``cr_weight=0`` skips it.
 
     Args:
         discriminator: maps normalized data to logits (e.g. ``NLayerDiscriminator``).
@@ -78,6 +85,12 @@ class AdversarialTokenizerModule(TokenizerModule):
         adaptive_weight: scale the adversarial loss by VQGAN's gradient-norm ratio.
         lecam_weight: weight of the LeCAM regulariser of the discriminator.
         lecam_decay: EMA decay of LeCAM's logit anchors.
+        disc_loss_weight: factor of the discriminator's adversarial loss and LeCAM term (SoftVQ-VAE uses its
+            ``disc_weight`` 0.2 here too; the consistency term is not scaled by it).
+        diff_augment: differentiable augmentation (``vqkit.layers.diffaug.DiffAugment``) of every
+            discriminator input, real and fake, in both updates; None: none.
+        cr_weight: weight of the consistency regularisation of the discriminator; 0: off.
+        cr_augment: its strong augmentation; None: ``DiffAugment(cutout=0.5, prob=1.0)``.
         gradient_clip_val: max gradient norm of each optimizer's parameters; None or 0: no clipping.
         last_layer: name of the decoder parameter for the adaptive weight; None: the last
             decoder parameter with 2 or more dimensions (its output convolution).
@@ -96,13 +109,20 @@ class AdversarialTokenizerModule(TokenizerModule):
         adaptive_weight: bool = True,
         lecam_weight: float = 0.0,
         lecam_decay: float = 0.999,
+        disc_loss_weight: float = 1.0,
+        diff_augment: nn.Module | None = None,
+        cr_weight: float = 0.0,
+        cr_augment: nn.Module | None = None,
         gradient_clip_val: float | None = 1.0,
         last_layer: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if min(disc_weight, lecam_weight) < 0:
-            raise ValueError(f"loss weights must be >= 0, got disc_weight={disc_weight}, lecam_weight={lecam_weight}")
+        if min(disc_weight, lecam_weight, disc_loss_weight, cr_weight) < 0:
+            raise ValueError(
+                f"loss weights must be >= 0, got disc_weight={disc_weight}, lecam_weight={lecam_weight}, "
+                f"disc_loss_weight={disc_loss_weight}, cr_weight={cr_weight}"
+            )
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"unknown gan_loss {gan_loss!r}; expected one of {GAN_LOSSES}")
         if disc_start < 0:
@@ -117,6 +137,12 @@ class AdversarialTokenizerModule(TokenizerModule):
         self.adaptive_weight = adaptive_weight
         self.lecam_weight = lecam_weight
         self.lecam = LeCAMRegularizer(lecam_decay)
+        self.disc_loss_weight = disc_loss_weight
+        self.diff_augment = diff_augment
+        self.cr_weight = cr_weight
+        if cr_weight and cr_augment is None:
+            cr_augment = DiffAugment(cutout=0.5, prob=1.0)
+        self.cr_augment = cr_augment if cr_weight else None
         self.gradient_clip_val = gradient_clip_val
         decoder = self.model.decoder
         weights = [name for name, p in decoder.named_parameters() if p.ndim >= 2]
@@ -137,7 +163,7 @@ class AdversarialTokenizerModule(TokenizerModule):
             total, out, logs = self.compute_losses(x, step)
             x_hat = out.reconstruction
             if adversarial:
-                g_loss = generator_loss(self.discriminator(x_hat), self.gan_loss)
+                g_loss = generator_loss(self.discriminator(self._augment(x_hat)), self.gan_loss)
                 if self.adaptive_weight:
                     weight = adaptive_generator_weight(total, g_loss, self.model.decoder.get_parameter(self.last_layer))
                 else:
@@ -160,8 +186,8 @@ class AdversarialTokenizerModule(TokenizerModule):
     def _discriminator_step(self, optimizer: Optimizer, real: Tensor, fake: Tensor, step: int) -> dict[str, Tensor]:
         """One discriminator update on data and detached reconstructions; returns its logs."""
         with self.toggled_optimizer(optimizer):
-            logits_real = self.discriminator(real)
-            logits_fake = self.discriminator(fake)
+            logits_real = self.discriminator(self._augment(real))
+            logits_fake = self.discriminator(self._augment(fake))
             d_loss = discriminator_loss(logits_real, logits_fake, self.gan_loss)
             d_total = d_loss
             logs = {
@@ -173,6 +199,14 @@ class AdversarialTokenizerModule(TokenizerModule):
             logs["lecam"] = lecam.detach()
             if self.lecam_weight > 0:
                 d_total = d_total + self.lecam_weight * lecam
+            if self.disc_loss_weight != 1.0:
+                d_total = self.disc_loss_weight * d_total
+            if self.cr_augment is not None:
+                strong = torch.cat([self.discriminator(self.cr_augment(real)),
+                                    self.discriminator(self.cr_augment(fake))])
+                cr = consistency_loss(torch.cat([logits_real, logits_fake]), strong)
+                logs["cr"] = cr.detach()
+                d_total = d_total + self.cr_weight * cr
             if not torch.isfinite(d_total):
                 raise FloatingPointError(
                     f"non-finite discriminator loss at step {step}: {({k: float(v) for k, v in logs.items()})}. "
@@ -186,6 +220,9 @@ class AdversarialTokenizerModule(TokenizerModule):
             self.trainer.strategy.optimizer_step(optimizer, closure=lambda: None)
         self._step_scheduler(optimizer)
         return logs
+
+    def _augment(self, images: Tensor) -> Tensor:
+        return images if self.diff_augment is None else self.diff_augment(images)
 
     def _clip(self, optimizer: Optimizer | LightningOptimizer) -> None:
         if self.gradient_clip_val:
@@ -203,7 +240,8 @@ class AdversarialTokenizerModule(TokenizerModule):
 
     def configure_optimizers(self) -> Any:
         opt_g = self.build_optimizer(self.optimizer_factory, self.parameter_groups())
-        opt_d = self.disc_optimizer_factory(self.discriminator.parameters())
+        # a frozen backbone (PretrainedFeatureDiscriminator) stays out of the optimizer
+        opt_d = self.disc_optimizer_factory([p for p in self.discriminator.parameters() if p.requires_grad])
         total = int(self.trainer.estimated_stepping_batches)
         schedulers = []
         if self.scheduler_factory is not None:

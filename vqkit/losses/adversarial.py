@@ -1,4 +1,4 @@
-"""Adversarial losses for VQGAN-style tokenizers: discriminator and generator losses, LeCAM, adaptive weight."""
+"""Adversarial losses for VQGAN-style tokenizers: D and G losses, LeCAM, consistency, adaptive weight."""
 
 from __future__ import annotations
 
@@ -45,6 +45,18 @@ def generator_loss(logits_fake: Tensor, kind: GanLoss = "hinge") -> Tensor:
     _check_kind(kind)
     logits_fake = logits_fake.float()
     return -logits_fake.mean() if kind == "hinge" else F.softplus(-logits_fake).mean()
+
+
+def consistency_loss(logits: Tensor, logits_augmented: Tensor) -> Tensor:
+    """Consistency regularisation of a discriminator: ``mean((logits - logits_augmented) ** 2)``.
+
+    bCR (Zhao et al., "Improved consistency regularization for GANs", 2021) on real and fake inputs
+    together: the discriminator should give an image and a strongly augmented copy the same logits.
+    Neither side is detached.
+    """
+    if logits.shape != logits_augmented.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and augmented logits {tuple(logits_augmented.shape)} differ")
+    return F.mse_loss(logits.float(), logits_augmented.float())
 
 
 def lecam_penalty(logits_real: Tensor, logits_fake: Tensor, anchor_real: Tensor, anchor_fake: Tensor) -> Tensor:
