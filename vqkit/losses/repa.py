@@ -4,7 +4,8 @@ An MLP maps each token z_q (B, N, D) to the feature width; the loss is the negat
 cosine similarity to the frozen encoder's patch features, averaged over tokens. When
 the token count N differs from the patch count P (1-D tokenizers: 32-128 tokens), the
 patch features are average-pooled along the sequence to N; for 2-D token grids with
-N = h*w they are resized on the grid.
+N = h*w they are resized on the grid (``align="pool"``). ``align="repeat"`` is SoftVQ-VAE's: each token's
+projection is compared with P/N consecutive patch features (raster order; P must be a multiple of N).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class RepresentationAlignment(LossTerm):
     Args:
         token_dim: width of the tokens.
         feature_encoder: the frozen encoder giving the target features.
-        hidden_dim: width of the MLP's hidden layers.
+        hidden_dim: width of the MLP's hidden layers (SoftVQ-VAE: 1024).
+        align: ``"pool"`` (features brought to the token count) or ``"repeat"`` (each token stands for P/N
+            consecutive patches, SoftVQ-VAE's ``repa_align: repeat``).
         weight, warmup_steps: see ``LossTerm`` (SoftVQ-VAE: 0.1). The frozen encoder is kept out of
             checkpoints; only the projector is trained and stored.
     """
@@ -33,8 +36,11 @@ class RepresentationAlignment(LossTerm):
     frozen_networks = ("feature_encoder",)  # rebuilt from its weights file: not stored in checkpoints
 
     def __init__(self, token_dim: int, feature_encoder: FrozenFeatureEncoder, hidden_dim: int = 512,
-                 weight: float = 0.1, warmup_steps: int = 0) -> None:
+                 weight: float = 0.1, warmup_steps: int = 0, align: str = "pool") -> None:
         super().__init__(weight, warmup_steps)
+        if align not in ("pool", "repeat"):
+            raise ValueError(f"REPA align must be 'pool' or 'repeat', got {align!r}")
+        self.align = align
         self.feature_encoder = feature_encoder
         self.projector = nn.Sequential(
             nn.Linear(token_dim, hidden_dim), nn.SiLU(),
@@ -61,6 +67,15 @@ class RepresentationAlignment(LossTerm):
     def alignment(self, tokens: Tensor, images: Tensor) -> Tensor:
         """Tokens (B, N, D) and images in [0, 1] (B, 3, H, W) -> scalar loss in [-1, 1]."""
         with torch.autocast(device_type=tokens.device.type, enabled=False):
-            target = self.match_count(self.feature_encoder(images), tokens.shape[1])
+            features = self.feature_encoder(images)
             pred = self.projector(tokens.float())
+            if self.align == "repeat":
+                p, n = features.shape[1], tokens.shape[1]
+                if p % n:
+                    raise ValueError(
+                        f"REPA align='repeat' needs the feature count ({p}) to be a multiple of the token count ({n}); "
+                        "change the teacher's image/patch size or use align=pool"
+                    )
+                return -F.cosine_similarity(pred.repeat_interleave(p // n, dim=1), features.float(), dim=-1).mean()
+            target = self.match_count(features, tokens.shape[1])
             return -F.cosine_similarity(pred, target.float(), dim=-1).mean()
