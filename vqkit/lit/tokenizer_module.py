@@ -47,6 +47,10 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
             none on norms, biases, embeddings, learned positions/tokens (``*pos_embed``, ``*_token(s)``) and the
             quantizer, except the networks a quantizer names in ``network_modules`` (the gated quantizer's
             ``gate``), which follow the rule like the encoder.
+        encoder_init: optional callable ``encoder_init(model.encoder) -> report`` run once at the start of a
+            fresh ``fit`` (not when resuming from a checkpoint, not in eval/export), e.g. the partial
+            ``vqkit.modalities.image_1d.init_encoder_from_timm_vit`` with ``model_name`` and ``weights_path``
+            (SoftVQ-VAE starts its encoder from a pretrained ViT). Its report is printed.
     """
 
     def __init__(
@@ -57,9 +61,11 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         metrics: Mapping[str, Metric] | None = None,
         param_groups: Sequence[Mapping[str, Any]] | None = None,
+        encoder_init: Callable[[nn.Module], Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.encoder_init = encoder_init
         terms = {name: term for name, term in dict(losses or {}).items() if term is not None}
         for name, term in terms.items():
             if not isinstance(term, LossTerm):
@@ -82,6 +88,15 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
         stages = getattr(model.quantizer, "num_stages", None)  # residual quantizers: usage per stage
         self.val_usage = CodebookUsage(model.codebook_size, num_stages=stages)
         self.test_usage = CodebookUsage(model.codebook_size, num_stages=stages)
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a checkpoint (which then overwrites these weights) and before the
+        # optimizer is built; the callbacks' setup (EMA) ran already, but EMA copies the weights on its first update.
+        if stage == "fit" and self.encoder_init is not None and self.trainer.ckpt_path is None:
+            report = self.encoder_init(self.model.encoder)
+            if self.trainer.is_global_zero:
+                summary = report.summary() if hasattr(report, "summary") else report
+                print(f"encoder initialised from pretrained weights: {summary}")
 
     # --- data -------------------------------------------------------------------------------------
     def _data(self, batch: Any) -> Tensor:

@@ -39,11 +39,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from timm.layers import LayerNorm, trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import Tensor, nn
+
+from vqkit.layers.pretrained import load_checked, read_state_dict, timm_filter
 
 # Transformer sizes of TiTok (arXiv 2406.07550), shared by encoder and decoder. SoftVQ-VAE's
 # B and L agree with timm's ViT-B / ViT-L; its S is timm's ViT-S (width 384, depth 12, 6 heads),
@@ -176,10 +180,13 @@ class SequenceMixer(nn.Module):
         return f"in_tokens={self.weight.shape[1]}, out_tokens={self.weight.shape[0]}, gain={self.gain}"
 
 
-def _vit(width: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float) -> nn.Sequential:
-    """Pre-norm ViT blocks (drop path rising linearly to ``drop_path_rate``) and a final LayerNorm."""
+def _vit(width: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float,
+         layer_scale: float | None = None) -> nn.Sequential:
+    """Pre-norm ViT blocks (drop path rising linearly to ``drop_path_rate``, LayerScale starting at
+    ``layer_scale`` when set) and a final LayerNorm."""
     rates = torch.linspace(0, drop_path_rate, depth).tolist()
-    blocks = [Block(width, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates]
+    blocks = [Block(width, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r, init_values=layer_scale)
+              for r in rates]
     return nn.Sequential(*blocks, LayerNorm(width))
 
 
@@ -199,6 +206,7 @@ class _LatentTokenTransformer(nn.Module):
         mlp_ratio: float,
         drop_path_rate: float,
         patch_pos_init: str,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         if patch_pos_init not in ("normal", "sincos"):
@@ -213,7 +221,7 @@ class _LatentTokenTransformer(nn.Module):
         self.latent_dim = latent_dim
         self.patch_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, self.width))
         self.latent_pos_embed = nn.Parameter(torch.zeros(1, num_latent_tokens, self.width))
-        self.transformer = _vit(self.width, self.depth, self.num_heads, mlp_ratio, drop_path_rate)
+        self.transformer = _vit(self.width, self.depth, self.num_heads, mlp_ratio, drop_path_rate, layer_scale)
 
     def _init_embeddings(self, *normal: nn.Parameter) -> None:
         """N(0, 0.02) for ``normal`` and the patch positional embeddings, unless those start from sincos."""
@@ -245,6 +253,9 @@ class TransformerImageEncoder(_LatentTokenTransformer):
         patch_pos_init: ``"normal"`` (N(0, 0.02)) or ``"sincos"`` (:func:`sincos_2d`, still learned).
         token_mixer: add a :class:`SequenceMixer` (P -> L) of the patch features to the latent tokens.
         token_mixer_gain: its output gain (its effective learning-rate multiplier).
+        layer_scale: initial LayerScale of every block (timm's ``init_values``); None: no LayerScale. A
+            DINOv2 initialisation (:func:`init_encoder_from_timm_vit`) needs it set (e.g. 1e-5) to carry over
+            the blocks' ``ls1`` / ``ls2`` scales.
     """
 
     def __init__(
@@ -264,9 +275,10 @@ class TransformerImageEncoder(_LatentTokenTransformer):
         patch_pos_init: str = "normal",
         token_mixer: bool = False,
         token_mixer_gain: float = 10.0,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__(latent_dim, image_size, patch_size, num_latent_tokens, size, width, depth, num_heads,
-                         mlp_ratio, drop_path_rate, patch_pos_init)
+                         mlp_ratio, drop_path_rate, patch_pos_init, layer_scale)
         if stem not in ("patch", "conv"):
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.in_channels = in_channels
@@ -384,3 +396,97 @@ class TransformerImageDecoder(_LatentTokenTransformer):
         x = self.to_pixels(x)  # (B, P, p*p*C)
         x = x.reshape(b, gh, gw, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, p, gw, p)
         return x.reshape(b, self.out_channels, gh * p, gw * p)
+
+
+@dataclass
+class EncoderInitReport:
+    """What :func:`init_encoder_from_timm_vit` did.
+
+    Attributes:
+        loaded: encoder tensors overwritten (encoder names).
+        not_initialised: encoder tensors left at their own init (no source tensor of that role/shape).
+        unused: source tensors with no place in the encoder (e.g. ``cls_token``, the classifier).
+        mismatched: ``encoder name: source shape vs encoder shape`` for roles that exist on both sides.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    not_initialised: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"loaded {len(self.loaded)} tensors; kept own init: {self.not_initialised}; "
+                f"unused from the source: {self.unused}; shape mismatches: {self.mismatched}")
+
+
+def encoder_name_of(timm_name: str, depth: int) -> str | None:
+    """The :class:`TransformerImageEncoder` name of a timm ``VisionTransformer`` tensor, None if it has none.
+
+    ``blocks.i.*`` -> ``transformer.i.*``, ``norm.*`` -> ``transformer.<depth>.*`` (the final LayerNorm),
+    ``patch_embed.proj.*`` -> ``patch_embed.*``, ``pos_embed`` -> ``patch_pos_embed`` (prefix rows removed
+    by the caller).
+    """
+    if timm_name.startswith("blocks."):
+        return "transformer." + timm_name[len("blocks."):]
+    if timm_name in ("norm.weight", "norm.bias"):
+        return f"transformer.{depth}.{timm_name[len('norm.'):]}"
+    if timm_name.startswith("patch_embed.proj."):
+        return "patch_embed." + timm_name[len("patch_embed.proj."):]
+    if timm_name == "pos_embed":
+        return "patch_pos_embed"
+    return None
+
+
+def init_encoder_from_timm_vit(encoder: TransformerImageEncoder, model_name: str,
+                               weights_path: str | Path | None) -> EncoderInitReport:
+    """Copy a pretrained timm ViT into ``encoder`` wherever a tensor's role and shape match.
+
+    The ViT is built as ``timm.create_model(model_name, img_size=encoder.image_size,
+    patch_size=encoder.patch_size, num_classes=0)`` and loaded from the local ``weights_path`` (timm's
+    checkpoint filter resamples the file's position and patch embeddings to that geometry, as SoftVQ-VAE's
+    ``create_model(..., pretrained=True, img_size=256, patch_size=16)`` does). Its patch projection, patch
+    position embeddings (prefix-token rows dropped), blocks and final norm are copied (:func:`encoder_name_of`);
+    the latent tokens, their positions and the output projection keep their own init; a class token has no
+    place in this encoder and is reported as unused.
+
+    Raises:
+        ValueError: no tensor could be copied (wrong architecture), or the file does not fit ``model_name``.
+    """
+    import timm  # noqa: PLC0415 - only needed at the start of a training run
+
+    option = "module.encoder_init.weights_path"
+    if weights_path is None:
+        raise ValueError(f"encoder initialisation from {model_name!r} needs {option}=/path/to/weights")
+    try:
+        vit = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=encoder.image_size,
+                                patch_size=encoder.patch_size)
+    except TypeError as err:
+        raise ValueError(f"{model_name!r} is not a timm ViT that takes img_size/patch_size: {err}") from err
+    state = timm_filter(vit, read_state_dict(weights_path, option))
+    load_checked(vit, {k: v for k, v in state.items() if not k.startswith("head.")}, weights_path, option)
+    prefix = 0 if getattr(vit, "no_embed_class", False) else int(getattr(vit, "num_prefix_tokens", 0))
+    own = encoder.state_dict()
+    report = EncoderInitReport()
+    copy: dict[str, Tensor] = {}
+    for timm_name, value in vit.state_dict().items():
+        name = encoder_name_of(timm_name, encoder.depth)
+        if name is None or name not in own:
+            report.unused.append(timm_name)
+            continue
+        if name == "patch_pos_embed":
+            value = value[:, prefix:]
+        if own[name].shape != value.shape:
+            report.mismatched.append(f"{name}: {tuple(value.shape)} vs {tuple(own[name].shape)}")
+        else:
+            copy[name] = value
+    if not copy:
+        raise ValueError(
+            f"no tensor of {model_name} ({weights_path}) fits the encoder (width {encoder.width}, depth "
+            f"{encoder.depth}, patch {encoder.patch_size}): {report.mismatched[:4]}; pick a ViT of the encoder's size"
+        )
+    with torch.no_grad():
+        for name, value in copy.items():
+            own[name].copy_(value)
+    report.loaded = sorted(copy)
+    report.not_initialised = sorted(k for k in own if k not in copy)
+    return report
