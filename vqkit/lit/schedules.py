@@ -9,15 +9,19 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def warmup_cosine(
-    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1,
+    warmup_start_ratio: float = 0.0,
 ) -> LambdaLR:
-    """Linear warm-up from 0 to the base LR, then cosine decay to ``min_lr_ratio`` x base LR.
+    """Linear warm-up from ``warmup_start_ratio`` (default 0) to the base LR, then cosine decay to
+    ``min_lr_ratio`` x base LR.
 
     Args:
         optimizer: the optimizer whose groups' LRs are scaled.
         total_steps: optimizer steps in the run (Lightning's ``estimated_stepping_batches``).
         warmup_steps: steps of linear warm-up.
         min_lr_ratio: final LR as a fraction of the base LR.
+        warmup_start_ratio: LR of the first warm-up step's start as a fraction of the base LR (timm's
+            ``warmup_lr``; SoftVQ-VAE's run: 1e-5 / 1e-4 = 0.1).
     """
     if total_steps <= 0 or math.isinf(total_steps):
         raise ValueError(f"warmup_cosine needs a finite number of steps; set trainer.max_steps (got {total_steps})")
@@ -25,6 +29,8 @@ def warmup_cosine(
 
     def factor(step: int) -> float:
         if step < warmup_steps:
+            if warmup_start_ratio:
+                return warmup_start_ratio + (1.0 - warmup_start_ratio) * step / warmup_steps
             return (step + 1) / warmup_steps
         progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
