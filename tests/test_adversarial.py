@@ -16,12 +16,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from vqkit.layers.diffaug import DiffAugment
 from vqkit.layers.discriminator import NLayerDiscriminator
 from vqkit.lit.adversarial_module import AdversarialTokenizerModule
 from vqkit.lit.run_config import module_from_config
 from vqkit.losses.adversarial import (
     LeCAMRegularizer,
     adaptive_generator_weight,
+    consistency_loss,
     discriminator_loss,
     generator_loss,
     lecam_penalty,
@@ -256,3 +258,120 @@ def test_train_writes_checkpoint_with_discriminator_and_both_optimizers_and_resu
     assert steps == [{8}, {6}], "both optimizers continue from their restored states"
     assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [8, 6]
     assert Path(resumed["output_dir"], "samples", "recon_latest.png").is_file()
+
+
+# --- SoftVQ-VAE's discriminator training: fixed weight, DiffAugment, consistency, loss scale -----------------
+class _MeanDisc(nn.Module):
+    """logit = w * mean(image): a discriminator whose logits and gradients are known in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.w * images.mean(dim=(1, 2, 3))
+
+
+class _Shift(nn.Module):
+    def forward(self, images: Tensor) -> Tensor:
+        return images + 1.0
+
+
+class _Spy(nn.Module):
+    """An identity augmentation recording what it was applied to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[bool] = []
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.calls.append(images.requires_grad)
+        return images
+
+
+def _toy_module(make_config, *overrides: str) -> AdversarialTokenizerModule:
+    torch.manual_seed(0)
+    module = _module(make_config, "module.disc_start=0", "module.adaptive_weight=false",
+                     "module.gradient_clip_val=null", *overrides)
+    module.discriminator = _MeanDisc()
+    module.disc_optimizer_factory = lambda params: torch.optim.SGD(params, lr=1.0)
+    return module
+
+
+def test_fixed_gan_weight_never_computes_the_adaptive_weight(make_config, monkeypatch) -> None:
+    def refuse(*args: Any) -> Tensor:
+        raise AssertionError("adaptive weight computed with adaptive_weight=false")
+
+    monkeypatch.setattr("vqkit.lit.adversarial_module.adaptive_generator_weight", refuse)
+    trainer = _fit(_toy_module(make_config, "module.disc_weight=0.2"), max_steps=2)
+    assert trainer.callback_metrics["train/adaptive_weight"] == 1.0
+
+
+def test_disc_loss_weight_scales_the_discriminator_update(make_config) -> None:
+    moved = []
+    for scale in (1.0, 0.2):
+        module = _toy_module(make_config, f"module.disc_loss_weight={scale}")
+        _fit(module, max_steps=1)
+        moved.append(module.discriminator.w.item() - 1.0)
+    assert moved[0] != 0 and moved[1] == pytest.approx(0.2 * moved[0], rel=1e-5)
+
+
+def test_diff_augment_is_applied_to_fake_in_both_updates_and_to_real(make_config) -> None:
+    module = _toy_module(make_config)
+    module.diff_augment = spy = _Spy()
+    _fit(module, max_steps=1)
+    # generator update: the reconstruction (with its graph); discriminator update: data, detached reconstruction
+    assert spy.calls == [True, False, False]
+
+
+def test_consistency_term_is_the_mse_of_logits_under_the_strong_augmentation(make_config) -> None:
+    module = _toy_module(make_config, "module.cr_weight=4.0")
+    assert isinstance(module.cr_augment, nn.Module)  # default strong DiffAugment
+    module.cr_augment = _Shift()  # logits of x + 1 are those of x plus w = 1: the squared error is exactly 1
+    trainer = _fit(module, max_steps=1)
+    assert trainer.callback_metrics["train/cr"].item() == pytest.approx(1.0, abs=1e-6)
+    assert consistency_loss(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 1.0])) == 2.0  # mean((0-2)^2, 0)
+    off = _module(make_config)
+    assert off.cr_augment is None and off.diff_augment is None and off.disc_loss_weight == 1.0
+
+
+def test_feature_discriminator_module_updates_heads_only(make_config, tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    from vqkit.layers.feature_discriminator import PretrainedFeatureDiscriminator
+
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("vit_tiny_patch16_224").state_dict().items()},
+              str(path))
+    torch.manual_seed(0)
+    module = _module(make_config, "module.disc_start=0", "module.adaptive_weight=false")
+    module.discriminator = PretrainedFeatureDiscriminator("vit_tiny_patch16_224", path, layers=(1, 3), image_size=32,
+                                                          kernel_size=3, model_kwargs={"img_size": 32})
+    module.diff_augment = DiffAugment()
+    before = {k: v.clone() for k, v in module.discriminator.named_parameters()}
+    trainer = _fit(module, max_steps=2)
+    opt_d = trainer.optimizers[1]
+    in_opt = {id(p) for g in opt_d.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in module.discriminator.heads.parameters()}
+    for name, p in module.discriminator.named_parameters():
+        changed = not torch.equal(before[name], p)
+        if name.startswith("backbone."):
+            assert not changed, name
+    assert any(not torch.equal(before[n], p) for n, p in module.discriminator.named_parameters()
+               if n.startswith("heads."))
+    assert not any(k.startswith("discriminator.backbone.") for k in module.state_dict())
+
+
+def test_softvq_recipe_sets_the_official_gan_values(make_config) -> None:
+    cfg = make_config("recipe=softvq_imagenet256", "data=photos", "model=image_1d_gan", fast=False)
+    m = cfg.module
+    assert (m.adaptive_weight, m.disc_weight, m.disc_loss_weight, m.lecam_weight, m.cr_weight) == (
+        False, 0.2, 0.2, 0.001, 4.0)
+    assert m.disc_start == 20000 and m.gan_loss == "hinge"
+    assert (m.diff_augment.policy, m.diff_augment.prob, m.diff_augment.cutout) == ("color,translation,cutout", 0.5, 0.2)
+    assert (m.cr_augment.prob, m.cr_augment.cutout) == (1.0, 0.5)
+    assert m.discriminator._target_.endswith("PretrainedFeatureDiscriminator") and "channels" not in m.discriminator
+    assert (m.losses.repa.weight, m.losses.repa.hidden_dim, m.losses.repa.align) == (0.1, 1024, "repeat")
+    assert (m.scheduler.warmup_steps, m.scheduler.warmup_start_ratio, cfg.trainer.max_steps) == (5004, 0.1, 250200)
+    assert m.optimizer._target_ == "torch.optim.Adam" and m.optimizer.weight_decay == 0.0
