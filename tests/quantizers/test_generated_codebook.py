@@ -17,10 +17,10 @@ OPTIONS = {
     "vqbridge": {"codebook_size": 64, "width": 16, "num_heads": 2, "depth": 1, "residual": True},
 }
 # Outputs of the code before vqgan_lc/vqbridge became VectorQuantizer subclasses (commit 84a09a6), for
-# `trained(name)` below: ids of the third forward, its loss and the sum of its z_q.
+# `trained(name)` below: ids of the third forward, its loss and the sum of its z_q. vqgan_lc left this list
+# in issue 14, when its start changed on purpose (feature scaling, the official projector bias); that the
+# forward is still vq's is checked by the tests around this one.
 BEFORE = {
-    "vqgan_lc": ([[53, 2, 19, 48, 46, 56, 51, 2], [34, 12, 62, 63, 52, 30, 59, 5]], 0.30526161193847656,
-                 4.258696556091309),
     "vqbridge": ([[57, 33, 27, 61, 1, 61, 33, 33], [13, 27, 12, 63, 17, 51, 38, 63]], 0.34811151027679443,
                  3.9038140773773193),
 }
@@ -51,7 +51,7 @@ def test_subclasses_of_the_plain_vq_that_keep_its_forward(name):
                                                    and c is not GeneratedCodebookQuantizer}
 
 
-@pytest.mark.parametrize("name", OPTIONS)
+@pytest.mark.parametrize("name", BEFORE)
 def test_same_outputs_as_before_on_a_fixed_seed(name):
     _, _, out = trained(name)
     ids, loss, z_q_sum = BEFORE[name]

@@ -10,6 +10,7 @@ import torch
 
 from vqkit.quantizers import build_quantizer
 from vqkit.quantizers.codebook_file import load_codebook, save_codebook
+from vqkit.quantizers.vqgan_lc import normalize_features
 
 D, F_DIM = 8, 12
 
@@ -25,7 +26,7 @@ def codebook_file(tmp_path):
 
 def test_loads_the_file_and_keeps_it_frozen(codebook_file):
     q = build_quantizer("vqgan_lc", dim=D, codebook_size=64, codebook_path=str(codebook_file)).train()
-    assert torch.equal(q.features, features(64)) and q.feature_dim == F_DIM
+    assert torch.equal(q.features, normalize_features(features(64), "center_rms")) and q.feature_dim == F_DIM
     assert "features" not in dict(q.named_parameters())
     before = q.features.clone()
     opt = torch.optim.SGD(q.parameters(), lr=0.5)
@@ -41,7 +42,8 @@ def test_loads_the_file_and_keeps_it_frozen(codebook_file):
 
 def test_codebook_is_the_projected_features_and_moves_with_the_projector(codebook_file):
     q = build_quantizer("vqgan_lc", dim=D, codebook_size=64, codebook_path=str(codebook_file))
-    expected = features(64) @ q.projector.weight.T.detach() + q.projector.bias.detach()
+    scaled = normalize_features(features(64), "center_rms")
+    expected = scaled @ q.projector.weight.T.detach() + q.projector.bias.detach()
     torch.testing.assert_close(q.codebook, expected)
     q.eval()
     first = q.codebook
@@ -134,3 +136,32 @@ def test_identity_projector_init_starts_at_the_file_codebook(tmp_path):
     torch.testing.assert_close(q.codebook, q.features, atol=0, rtol=0)
     with pytest.raises(ValueError, match="feature_dim == dim"):
         build_quantizer("vqgan_lc", dim=D, codebook_size=16, feature_dim=F_DIM, projector_init="identity")
+
+
+def test_feature_norm_centres_the_codebook_at_unit_rms_and_keeps_its_geometry(tmp_path):
+    """ReLU features (all >= 0, large norms) are centred and scaled: the projected codes start at the scale of
+    unit-variance latents, and distances between codes only change by one common factor."""
+    raw = torch.rand(256, 40) * 6.0  # non-negative, like ReLU6 features
+    scaled = normalize_features(raw, "center_rms")
+    assert scaled.mean(0).abs().max() < 1e-5
+    assert scaled.pow(2).sum(1).mean().item() == pytest.approx(1.0, rel=1e-4)
+    ratio = torch.cdist(scaled, scaled)[0, 1:] / torch.cdist(raw, raw)[0, 1:]
+    assert torch.allclose(ratio, ratio[:1].expand_as(ratio), rtol=1e-4)
+    std = normalize_features(raw, "standardize")
+    assert std.std(0).mul(40**0.5).sub(1).abs().max() < 1e-4
+    assert torch.equal(normalize_features(raw, "none"), raw)
+    with pytest.raises(ValueError, match="feature_norm must be one of"):
+        normalize_features(raw, "l2")
+
+
+def test_default_feature_norm_brings_projected_codes_to_the_latents_scale(tmp_path):
+    path = tmp_path / "relu.safetensors"
+    save_codebook(path, torch.rand(512, 64) * 6.0, {"source": "test"})
+    q = build_quantizer("vqgan_lc", dim=8, codebook_size=512, codebook_path=str(path))
+    assert q.feature_norm == "center_rms"
+    rms = q.codebook.pow(2).sum(1).mean().sqrt().item()
+    assert 0.5 < rms < 2.0  # E||e||^2 = 1 with N(0, D^-1/2) weights (+ the small default bias)
+    raw = build_quantizer("vqgan_lc", dim=8, codebook_size=512, codebook_path=str(path), feature_norm="none")
+    assert raw.codebook.pow(2).sum(1).mean().sqrt().item() > 10 * rms  # the file as it is: far outside
+    bias = q.projector.bias.detach()
+    assert bias.abs().max() <= 64**-0.5 and bias.abs().max() > 0  # PyTorch's default, as the official code

@@ -30,6 +30,30 @@ from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK
 log = logging.getLogger(__name__)
 
 PROJECTORS = ("linear", "mlp")
+FEATURE_NORMS = ("center_rms", "standardize", "none")
+
+
+def normalize_features(features: Tensor, mode: str) -> Tensor:
+    """The frozen (K, F) codebook brought to a scale the projector can start from.
+
+    ``center_rms``: subtract the mean code and divide by the root-mean-square row norm, so the codes are
+    centred with E||f||^2 = 1. It is an affine map of the whole codebook (an exact change of the linear
+    projector's bias and scale), so the k-means geometry is unchanged; only the starting point is: with
+    N(0, D^-1/2) projector weights the projected codes then have E||e||^2 = 1, the scale of freshly
+    initialised latents. ``standardize``: zero mean and unit variance per feature, then / sqrt(F) (the
+    same E||f||^2 = 1, but every feature weighs the same). ``none``: the file as it is.
+    """
+    if mode not in FEATURE_NORMS:
+        raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {mode!r}")
+    if mode == "none":
+        return features
+    features = features.float()
+    centred = features - features.mean(0, keepdim=True)
+    if mode == "standardize":
+        centred = centred / centred.std(0, keepdim=True).clamp_min(1e-6) / features.shape[1] ** 0.5
+        return centred
+    rms = centred.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+    return centred / rms
 
 
 @register_quantizer("vqgan_lc")
@@ -48,9 +72,12 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
             otherwise (defaults to ``dim``).
         projector: ``linear`` (the paper's default) or ``mlp`` (Linear F->hidden, ReLU, Linear hidden->D).
         projector_hidden: hidden width of the MLP projector (the paper: 256).
-        projector_init: ``normal`` (the paper: weights N(0, D^-1/2), bias 0) or ``identity`` (linear projector
-            with F == D only: starts as the file's codebook itself, e.g. codes built from the tokenizer's own
+        projector_init: ``normal`` (the official code: weights N(0, D^-1/2), PyTorch's default bias) or
+            ``identity`` (linear projector with F == D only, zero bias: starts as the file's codebook itself, e.g. codes built from the tokenizer's own
             latents by ``python -m vqkit.tools.codebook --source tokenizer``).
+        feature_norm: how the frozen features are scaled before projection (``normalize_features``):
+            ``center_rms`` (centred, unit RMS row norm), ``standardize`` or ``none`` (the file as is);
+            ``auto``: ``none`` with ``projector_init='identity'`` (the codes start as the file's), else ``center_rms``.
         seed: seed of the random codebook when no file is given.
         codebook_weight, commit_weight, swap_loss_weights: as ``vq``; VQGAN-LC's own loss is
             commit 1.0 + 0.33 codebook, i.e. ``codebook_weight=1.0, commit_weight=0.33, swap_loss_weights=True``.
@@ -70,6 +97,7 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
         projector: str = "linear",
         projector_hidden: int = 256,
         projector_init: str = "normal",
+        feature_norm: str = "auto",
         seed: int = 0,
         codebook_weight: float = 1.0,
         commit_weight: float = 0.33,
@@ -110,6 +138,10 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
             features = torch.randn(codebook_size, width, generator=torch.Generator().manual_seed(seed))
             self.source = f"random (seed {seed})"
         self.codebook_path = codebook_path
+        if feature_norm == "auto":
+            feature_norm = "none" if projector_init == "identity" else "center_rms"
+        self.feature_norm = feature_norm
+        features = normalize_features(features, feature_norm)
         self.feature_dim = int(features.shape[1])
         self.register_buffer("features", features)  # (K, F), frozen: a buffer, never a parameter
         self.projector = build_projector(projector, self.feature_dim, dim, projector_hidden)
@@ -121,6 +153,7 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
                 )
             with torch.no_grad():
                 self.projector.weight.copy_(torch.eye(dim))
+                self.projector.bias.zero_()
         elif projector_init != "normal":
             raise ValueError(f"projector_init must be 'normal' or 'identity', got {projector_init!r}")
 
@@ -132,10 +165,9 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int, hidden: int) -> nn.Module:
-    """The VQGAN-LC projector: Linear with N(0, out_dim^-1/2) weights, or a two-layer ReLU MLP."""
+    """The VQGAN-LC projector: Linear with N(0, out_dim^-1/2) weights (bias: PyTorch's default), or a ReLU MLP."""
     if kind == "linear":
         linear = nn.Linear(in_dim, out_dim)
         nn.init.normal_(linear.weight, std=out_dim**-0.5)
-        nn.init.zeros_(linear.bias)
         return linear
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
