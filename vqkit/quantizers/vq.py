@@ -290,9 +290,10 @@ class VectorQuantizer(Quantizer):
             counts = torch.bincount(indices, minlength=self.codebook_size).float()  # (K,)
             metrics = batch_usage_metrics(counts)
             if passthrough:
-                # warm-up: the caller sees the continuous latents; the codes (and their losses) are only logged
+                # warm-up: the caller sees the continuous latents; the codes (and their losses) are only logged.
+                # The loss keeps its graph at weight 0, so every parameter still gets a (zero) gradient (DDP).
                 z_q_flat = self.from_code_space(z_code)
-                loss = torch.zeros((), device=z.device)
+                loss = loss * 0.0
                 self._passthrough_step_updates(z_code.detach())
             else:
                 z_q_flat = self.from_code_space(z_code + (codes - z_code).detach())  # straight-through
