@@ -282,8 +282,8 @@ def test_mask_loss_trains_the_gate_through_its_target_unless_detached(detach_tar
     gate = [p for p in model.quantizer.gate.parameters() if p.requires_grad]
     grads = torch.autograd.grad(mask_loss, gate, allow_unused=True)
     reach = any(g is not None and g.abs().sum() > 0 for g in grads)
-    assert reach is not detach_target  # GQ-VAE's code keeps the soft mask's graph (the default)
-    assert LengthHead().detach_target is False
+    assert reach is not detach_target  # GQ-VAE's code (False) keeps the soft mask's graph
+    assert LengthHead().detach_target is True  # vqkit's default: measured better on the CPU recipe
 
 
 def test_passthrough_warmup_decodes_the_continuous_latents_then_every_code_is_replaced() -> None:
