@@ -43,6 +43,13 @@ MODALITIES = {
     "text-gq_ema_vq": [  # + the text metrics: bytes/token and exact tokens summed over ranks
         "data=shakespeare", "model=text_gq", "quantizer.inner=ema_vq", *TINY_TEXT, *TINY_GATE,
         "data.max_train_rows=64", "callbacks.codebook_usage_plot=null",  # 2 steps per epoch and rank
+        # GQ-VAE's warm-up ends inside the run (every code drawn from both ranks' reservoirs), then revivals
+        "quantizer.inner_options.passthrough_steps=2", "quantizer.inner_options.revive_every=1",
+    ],
+    "text-gq_vq": [  # a learned codebook: during the pass-through it must still get a (zero) gradient under DDP
+        "data=shakespeare", "model=text_gq", "quantizer.inner=vq", *TINY_TEXT, *TINY_GATE,
+        "data.max_train_rows=64", "callbacks.codebook_usage_plot=null",
+        "quantizer.inner_options.passthrough_steps=2", "quantizer.inner_options.revive_every=1",
     ],
 }
 COMMON = [

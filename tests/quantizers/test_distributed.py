@@ -23,12 +23,15 @@ from vqkit.quantizers import build_quantizer
 
 WORLD = 2
 D, K, STEPS = 4, 32, 4
-KINDS = ("ema_vq", "vq", "ema_vq_reservoir", "vq_reservoir")
+KINDS = ("ema_vq", "vq", "ema_vq_reservoir", "vq_reservoir", "vq_passthrough")
 # Reservoir revival: a small reservoir, offered 8 latents per step, revives every 2 steps. Without k-means
 # init, so that most random codes (near the origin) go unused and are revived at step 2.
 RESERVOIR = {"revival": "reservoir", "reservoir_size": 16, "reservoir_per_step": 8, "revive_every": 2}
 # Rank r's latents sit around CENTRES[r]: far apart, so codes placed from one rank's data
 # alone are easy to tell from codes placed from both.
+# GQ-VAE's warm-up: steps 1-2 pass z through and fill the reservoir, step 2 draws every code from the reservoirs of
+# both ranks and empties them; the next revival is at step 4.
+PASSTHROUGH = {**RESERVOIR, "passthrough_steps": 2, "reservoir_reset": True}
 CENTRES = (torch.tensor([3.0, 0.0, 0.0, 0.0]), torch.tensor([-3.0, 0.0, 0.0, 0.0]))
 TIMEOUT_S = 180
 
@@ -45,6 +48,8 @@ def _build(kind: str):
         q = build_quantizer(kind, dim=D, codebook_size=K, kmeans_init=True, dead_code_threshold=3.0, decay=0.9)
     elif kind == "vq":
         q = build_quantizer(kind, dim=D, codebook_size=K, kmeans_init=True, dead_code_threshold=2.0, usage_decay=0.9)
+    elif kind == "vq_passthrough":
+        q = build_quantizer("vq", dim=D, codebook_size=K, **PASSTHROUGH)
     else:
         backend = kind.removesuffix("_reservoir")
         q = build_quantizer(backend, dim=D, codebook_size=K, **RESERVOIR,
@@ -141,6 +146,8 @@ def test_codebooks_stay_identical_across_ranks(tmp_path):
 
         if kind.endswith("_reservoir"):
             _check_reservoir_revival(a, b, single)
+        elif kind == "vq_passthrough":
+            _check_passthrough(a, b, single)
         else:
             # k-means ran on the first step, over the data of both ranks
             assert bool(a["state"]["initialized"]) and bool(b["state"]["initialized"])
@@ -187,3 +194,15 @@ def _check_reservoir_revival(a: dict, b: dict, single: dict) -> None:
     # ... while rank 0 alone revives from its own latents only
     assert sum(single["revived"]) > 0
     assert _near(single["codebooks"][1], CENTRES[1]) == 0
+
+
+def _check_passthrough(a: dict, b: dict, single: dict) -> None:
+    """Pass-through warm-up: every code replaced at step 2 from both ranks' reservoirs, which are then emptied."""
+    assert a["revived"][:3] == [0, K, 0], a["revived"]
+    assert int(a["state"]["steps"]) == int(b["state"]["steps"]) == STEPS
+    assert torch.equal(a["codebooks"][0], a["initial"])  # step 1 moves no code (no codebook loss, no revival)
+    after = a["codebooks"][1]
+    for centre in CENTRES:
+        assert _near(after, centre) > 0, (centre, after)
+    assert _near(single["codebooks"][1], CENTRES[1]) == 0
+    assert a["reservoir_filled"] == b["reservoir_filled"] == 0  # emptied by the revival at step 4

@@ -249,3 +249,116 @@ def test_the_vq_base_refuses_learned_codebook_options_for_generated_codebooks():
             Generated(**options)
     with pytest.raises(TypeError, match="cannot be revived"):
         Generated(dead_code_threshold=1.0)
+
+
+# --- GQ-VAE's mechanics: pass-through warm-up, reservoir reset ----------------------------------
+def is_near_row_of(rows: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """(R,) bool: each of ``rows`` is within float rounding of a row of ``data`` (straight-through outputs)."""
+    return torch.cdist(rows, data).min(1).values < 1e-5
+
+
+WARMUP = {"revival": "reservoir", "reservoir_size": 256, "reservoir_per_step": 4, "passthrough_steps": 3}
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_passthrough_warmup_returns_z_fills_the_reservoir_then_replaces_every_code(name):
+    q = make(name, **WARMUP, revive_every=2)
+    q.train()
+    start = codes_of(q)
+    fed = []
+    for step in range(1, 4):
+        z = blob([float(step), 0.0, 0.0], 10, seed=step)
+        fed.append(z[0])
+        out = q(z)
+        assert torch.equal(out.z_q, z)  # the caller sees the continuous latents
+        assert float(out.loss) == 0.0 and int(q.steps) == step
+        if step < 3:
+            assert torch.equal(codes_of(q), start)  # no code moves during the warm-up ...
+            assert q.revival.filled == 10 * step  # ... while every latent (not only the 4 worst) is kept
+    seen = torch.cat(fed)
+    assert q.revival.num_revived == K  # the last warm-up step draws every code from the reservoir
+    assert is_row_of(codes_of(q), seen).all() and not is_row_of(start, seen).any()
+    replaced = codes_of(q)
+    z = blob([1.0, 0.0, 0.0], 10, seed=9)
+    out = q(z)  # step 4: quantized, and no revival (the next one is at 3 + revive_every = 5)
+    assert not torch.equal(out.z_q, z) and is_near_row_of(out.z_q[0], replaced).all()
+    assert q.revival.num_revived == K
+    q(blob([50.0, 0.0, 0.0], 4, seed=10))  # step 5: a revival of the codes unused since step 3
+    assert q.revival.num_revived > K
+
+
+def test_passthrough_warmup_only_in_training_and_only_on_real_positions():
+    q = make("vq", **WARMUP)
+    z = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[:, :3] = True
+    q.eval()
+    out = q(z, mask)
+    assert int(q.steps) == 0 and q.revival.filled == 0 and is_near_row_of(out.z_q[mask], codes_of(q)).all()
+    q.train()
+    out = q(z, mask)
+    assert torch.equal(out.z_q[mask], z[mask]) and torch.equal(out.z_q[~mask], torch.zeros_like(z[~mask]))
+    assert q.revival.filled == 6 and int(q.steps) == 1
+    q(z, torch.zeros_like(mask))  # nothing valid anywhere: not a step
+    assert int(q.steps) == 1
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_resume_mid_warmup_continues_it(name):
+    q = make(name, **WARMUP)
+    q.train()
+    q(blob([1.0, 0.0, 0.0], 10, seed=1))
+    state = q.state_dict()
+    assert int(state["steps"]) == 1  # the warm-up's position is checkpointed
+    resumed = make(name, **WARMUP)
+    resumed.load_state_dict(state)
+    resumed.train()
+    start = codes_of(resumed)
+    z = blob([2.0, 0.0, 0.0], 10, seed=2)
+    assert torch.equal(resumed(z).z_q, z) and torch.equal(codes_of(resumed), start)  # step 2: still warming up
+    late = blob([-2.0, 0.0, 0.0], 10, seed=3)
+    assert torch.equal(resumed(late).z_q, late)  # step 3, the last: every code from the latents since the resume
+    assert resumed.revival.num_revived == K and is_row_of(codes_of(resumed), torch.cat([z[0], late[0]])).all()
+    after = blob([2.0, 0.0, 0.0], 10, seed=4)
+    assert not torch.equal(resumed(after).z_q, after)  # step 4: quantized
+
+
+@pytest.mark.parametrize(("reset", "filled_after"), [(True, 0), (False, 16)])
+def test_reservoir_reset_empties_the_reservoir_after_a_revival(reset, filled_after):
+    q = make("vq", revival="reservoir", reservoir_size=64, reservoir_per_step=8, revive_every=2,
+             reservoir_reset=reset)
+    start_far(q, {0: torch.tensor([3.0, 0.0, 0.0])})
+    q(blob([3.0, 0.0, 0.0], 16, seed=1))
+    assert q.revival.filled == 8
+    q(blob([3.0, 0.0, 0.0], 16, seed=2))  # step 2: revival
+    assert q.revival.num_revived == K - 1
+    assert q.revival.filled == filled_after
+    late = blob([-3.0, 0.0, 0.0], 16, seed=3)
+    q(late)
+    if reset:  # the next revival draws only from latents offered after this one
+        assert is_row_of(q.revival.reservoir[: q.revival.filled], late[0]).all()
+
+
+def test_passthrough_options_are_checked():
+    with pytest.raises(ValueError, match="revival='reservoir'"):
+        make("vq", passthrough_steps=5)
+    with pytest.raises(ValueError, match="kmeans_init"):
+        make("vq", revival="reservoir", passthrough_steps=5, kmeans_init=True)
+    with pytest.raises(ValueError, match=">= 0"):
+        make("vq", revival="reservoir", passthrough_steps=-1)
+    q = make("vq", **WARMUP)
+    with pytest.raises(ValueError, match="needs revival='reservoir'"):
+        q.configure_revival("batch", dead_code_threshold=1.0)
+    assert q.configure_revival("reservoir", reservoir_reset=True).start_step == 3
+
+
+def test_gq_passthrough_gates_the_continuous_latents():
+    torch.manual_seed(0)
+    gq = build_quantizer("gq", dim=D, codebook_size=K, inner_options=WARMUP, max_token_len=4, width=8, depth=1,
+                         num_heads=2)
+    gq.train()
+    z = torch.randn(2, 6, D, generator=torch.Generator().manual_seed(5))
+    out = gq(z)
+    assert torch.equal(out.z_q, z)
+    torch.testing.assert_close(out.gates, gq.gates_for(z, torch.ones(2, 6, dtype=torch.bool)))
+    assert int(gq.state_dict()["inner.steps"]) == 1

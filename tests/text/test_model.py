@@ -271,3 +271,40 @@ def test_reservoir_revival_of_the_inner_backend_revives_dead_codes(inner: str) -
     changed = (inner_q.codebook.detach() != before).any(-1)
     assert revival.filled == 16 and used == 0  # the counts start again after a revival
     assert changed.sum() > 0  # codes no position used were replaced by reservoir latents
+
+
+@pytest.mark.parametrize("detach_target", [False, True])
+def test_mask_loss_trains_the_gate_through_its_target_unless_detached(detach_target: bool) -> None:
+    model = tiny()
+    x = rows()
+    out = model(x)
+    mask_loss = LengthHead(detach_target=detach_target)(LossInputs(inputs=x, data=x, output=out))
+    gate = [p for p in model.quantizer.gate.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(mask_loss, gate, allow_unused=True)
+    reach = any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert reach is not detach_target  # GQ-VAE's code (False) keeps the soft mask's graph
+    assert LengthHead().detach_target is True  # vqkit's default: measured better on the CPU recipe
+
+
+def test_passthrough_warmup_decodes_the_continuous_latents_then_every_code_is_replaced() -> None:
+    model = tiny(revival="reservoir", reservoir_size=64, reservoir_per_step=4, passthrough_steps=2,
+                 reservoir_reset=True)
+    inner_q = model.quantizer.inner
+    model.train()
+    x = torch.randint(0, 256, (4, 6), generator=torch.Generator().manual_seed(1))
+    start = inner_q.codebook.detach().clone()
+    latents = []
+    for step in (1, 2):
+        out = model(x)
+        valid = out.extras["valid"]
+        assert torch.equal(out.quantized.z_q[valid], out.latents[valid])  # gate and decoder read z itself
+        latents.append(out.latents[valid].detach())
+        if step == 1:
+            assert inner_q.revival.filled == int(valid.sum()) and torch.equal(inner_q.codebook, start)
+    seen = torch.cat(latents)
+    codes = inner_q.codebook.detach()
+    assert inner_q.revival.num_revived == inner_q.codebook_size and inner_q.revival.filled == 0
+    assert (torch.cdist(codes, seen).min(1).values < 1e-6).all()  # every code is a warm-up latent
+    out = model(x)
+    valid = out.extras["valid"]
+    assert not torch.equal(out.quantized.z_q[valid], out.latents[valid])  # step 3: quantized

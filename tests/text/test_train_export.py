@@ -40,11 +40,15 @@ def test_recipes_compose(tmp_path: Path) -> None:
     assert paper.model.decoder.max_token_len == 10 and paper.module.losses.compression.weight == 3.0
     assert paper.quantizer.inner == "vq" and paper.quantizer.inner_options.swap_loss_weights
     assert paper.quantizer.codebook_size == 50000 and paper.data.row_len == 16 and paper.quantizer.width == 1024
+    assert paper.quantizer.inner_options.passthrough_steps == 500 and paper.quantizer.inner_options.reservoir_reset
+    assert paper.module.losses.mask.detach_target is False  # the reference's mask loss keeps the target's graph
     GlobalHydra.instance().clear()
     cpu = compose_train_config(["recipe=gqvae_shakespeare_cpu", "model.encoder.width=16", "model.encoder.depth=1",
                                 "model.decoder.width=16", "quantizer.width=16", "quantizer.codebook_size=16"],
                                tmp_path / "b")
-    assert cpu.module.losses.compression.weight == 1.0 and cpu.quantizer.inner_options.kmeans_batches == 4
+    assert cpu.module.losses.compression.weight == 1.0 and cpu.module.losses.mask.detach_target
+    inner = cpu.quantizer.inner_options  # GQ-VAE's codebook start: a 500-step pass-through, no k-means
+    assert inner.passthrough_steps == 500 and inner.reservoir_reset and not inner.kmeans_init
     module = module_from_config(cpu)
     assert isinstance(module, TokenizerModule) and isinstance(module.model, TextTokenizer)
     assert module.model.quantizer.segmentation == "learned" and module.model.quantizer.inner_name == "vq"

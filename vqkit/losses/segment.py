@@ -3,9 +3,10 @@
     total = rec + gamma * mask + alpha * compression + the quantizer's own loss
 
 ``rec`` (``SegmentReconstruction``): cross-entropy of the decoder's byte slots, weighted by the soft segment
-mask. ``mask`` (``LengthHead``, weight gamma): the length head's BCE against the soft mask, weighted by the
-gates. ``compression`` (``Compression``, weight alpha): mean(g), towards fewer, longer tokens. All are
-normalized by the number of real (non-padding) bytes of the batch.
+mask. ``mask`` (``LengthHead``, weight gamma): the length head's BCE against the soft mask (detached unless
+``detach_target=False``, GQ-VAE's code), weighted by the gates. ``compression`` (``Compression``, weight
+alpha): mean(g), towards fewer, longer tokens. All are normalized by the number of real (non-padding) bytes
+of the batch.
 """
 
 from __future__ import annotations
@@ -38,17 +39,33 @@ class SegmentReconstruction(LossTerm):
 
 
 class LengthHead(LossTerm):
-    """The length head's BCE against the (detached) soft mask, averaged over slots, weighted by the gates.
+    """The length head's BCE against the soft mask, averaged over slots, weighted by the (detached) gates.
 
     Trains the length head to say how many bytes a code stands for; its weight is the paper's gamma.
+
+    Args:
+        weight, warmup_steps: see ``LossTerm``.
+        detach_target: stop the gradient at the soft mask: the term trains the length head only. False
+            (GQ-VAE's code): the BCE also moves the gates (and, through them, the encoder) towards
+            segmentations the length head predicts well. True is the default because it measured better on
+            the CPU recipe (alpha 1.0): with False the gates settled on much shorter tokens (docs/fidelity.md).
     """
+
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, detach_target: bool = True) -> None:
+        super().__init__(weight, warmup_steps)
+        self.detach_target = bool(detach_target)
 
     def forward(self, batch: LossInputs) -> Tensor:
         out = batch.output
-        mask = out.extras["segment_mask"].detach()  # (M, K)
+        mask = out.extras["segment_mask"]  # (M, K)
+        if self.detach_target:
+            mask = mask.detach()
         gates = out.extras["gates"].detach()[out.extras["valid"]]  # (M,)
         bce = F.binary_cross_entropy(length_probs(out.extras["length_logits"]), mask, reduction="none").mean(-1)
         return (bce * gates).sum() / _real_bytes(batch)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, detach_target={self.detach_target}"
 
 
 class Compression(LossTerm):

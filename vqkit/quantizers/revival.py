@@ -12,7 +12,12 @@ rewritten rows). Strategies:
     farthest from their code (highest ||z - e||^2) are offered to a fixed-size reservoir (Vitter's
     algorithm R, so the reservoir is a uniform sample of every latent offered so far). A code is dead
     when no position picked it since the last revival; dead codes are overwritten with reservoir
-    latents.
+    latents. With ``reservoir_reset`` (GQ-VAE's code) the reservoir is emptied after every revival,
+    so the next one draws only latents offered since this one; without it the reservoir samples the
+    whole run, and late revivals can land on latents of an encoder that has moved on.
+    A quantizer can also run a pass-through warm-up (``VectorQuantizer(passthrough_steps=N)``):
+    ``fill`` offers every latent of those steps (no codes to rank them against yet), ``revive_all``
+    then overwrites every code, and the revival schedule counts ``revive_every`` from step N.
 
 Under torch.distributed the dead set is computed from all-reduced counts (identical on every rank)
 and the replacement rows are drawn from the union of the ranks' batches or reservoirs and shared
@@ -91,6 +96,10 @@ class CodeRevival(nn.Module):
         revive_every: revive every this many training steps; None: 1 for ``batch``, 250 for ``reservoir``.
         reservoir_size: ``reservoir``: latents the reservoir holds.
         reservoir_per_step: ``reservoir``: the highest-distortion latents of each step that are offered.
+        reservoir_reset: ``reservoir``: empty the reservoir after every revival (GQ-VAE's code); False:
+            it keeps sampling every latent offered since the start.
+        start_step: revivals happen at steps ``start_step + n * revive_every`` (n >= 1); the pass-through
+            warm-up's length, 0 without one.
     """
 
     def __init__(
@@ -102,6 +111,8 @@ class CodeRevival(nn.Module):
         revive_every: int | None = None,
         reservoir_size: int = 16384,
         reservoir_per_step: int = 2048,
+        reservoir_reset: bool = False,
+        start_step: int = 0,
     ) -> None:
         super().__init__()
         if strategy not in REVIVAL_STRATEGIES:
@@ -109,11 +120,15 @@ class CodeRevival(nn.Module):
         revive_every = DEFAULT_REVIVE_EVERY[strategy] if revive_every is None else int(revive_every)
         if revive_every < 1:
             raise ValueError(f"revive_every must be >= 1 (use revival=none to turn revival off), got {revive_every}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
         self.strategy = strategy
         self.dead_code_threshold = float(dead_code_threshold)
         self.revive_every = revive_every
         self.reservoir_size = reservoir_size
         self.reservoir_per_step = reservoir_per_step
+        self.reservoir_reset = bool(reservoir_reset)
+        self.start_step = int(start_step)
         self.num_revived = 0  # codes revived so far by this process (a diagnostic, not state)
         if strategy == "reservoir":
             if reservoir_size < 1 or reservoir_per_step < 1:
@@ -138,7 +153,8 @@ class CodeRevival(nn.Module):
             return f"batch, threshold={self.dead_code_threshold}, every={self.revive_every}"
         if self.strategy == "reservoir":
             return (f"reservoir, size={self.reservoir_size}, per_step={self.reservoir_per_step}, "
-                    f"every={self.revive_every}")
+                    f"every={self.revive_every}, reset={self.reservoir_reset}"
+                    + (f", start={self.start_step}" if self.start_step else ""))
         return "none"
 
     @torch.no_grad()
@@ -158,16 +174,20 @@ class CodeRevival(nn.Module):
         if self.strategy == "reservoir":
             self.counts_since_revival += counts.to(self.counts_since_revival.dtype)
             self.offer(z_code, quantizer.codebook, indices)
-        if self.strategy == "none" or step % self.revive_every:
+        if self.strategy == "none" or not self.due(step):
             return 0
         if self.strategy == "batch":
             n = self.revive_from_batch(quantizer, z_code)
         else:
             dead = (self.counts_since_revival == 0).nonzero().squeeze(1)
             n = self.revive_from_reservoir(quantizer, dead)
-            self.counts_since_revival.zero_()
+            self.after_reservoir_revival()
         self.num_revived += n
         return n
+
+    def due(self, step: int) -> bool:
+        """Whether training step ``step`` (1-based) is a revival step: ``start_step + n * revive_every``, n >= 1."""
+        return step > self.start_step and (step - self.start_step) % self.revive_every == 0
 
     # --- batch ---------------------------------------------------------------------------------
     def dead_codes(self, quantizer: RevivableQuantizer) -> Tensor:
@@ -202,6 +222,18 @@ class CodeRevival(nn.Module):
             distortion = (z_code - codebook[indices]).pow(2).sum(-1)  # (M,)
         if z_code.shape[0] > self.reservoir_per_step:
             z_code = z_code[distortion.topk(self.reservoir_per_step).indices]
+        self._insert(z_code)
+
+    @torch.no_grad()
+    def fill(self, z_code: Tensor) -> None:
+        """Offer every latent of ``z_code`` (M, C), unranked (the pass-through warm-up: the codes mean nothing yet)."""
+        if self.strategy != "reservoir":
+            raise RuntimeError(f"fill() needs revival='reservoir', this policy is {self.strategy!r}")
+        if z_code.shape[0]:
+            self._insert(z_code.float())
+
+    def _insert(self, z_code: Tensor) -> None:
+        """Algorithm R over the (M, C) fp32 latents ``z_code``, continuing the count ``seen``."""
         n, seen = z_code.shape[0], int(self.seen)
         head = min(max(self.reservoir_size - seen, 0), n)
         if head:
@@ -228,3 +260,21 @@ class CodeRevival(nn.Module):
             return 0
         quantizer.replace_codes(dead, sample_rows(self.reservoir[: self.filled], int(dead.numel())))
         return int(dead.numel())
+
+    @torch.no_grad()
+    def revive_all(self, quantizer: RevivableQuantizer) -> int:
+        """Overwrite every code with reservoir latents (the end of the pass-through warm-up); returns how many."""
+        if self.strategy != "reservoir":
+            raise RuntimeError(f"revive_all() needs revival='reservoir', this policy is {self.strategy!r}")
+        every = torch.arange(quantizer.codebook_size, device=self.reservoir.device)
+        n = self.revive_from_reservoir(quantizer, every)
+        self.after_reservoir_revival()
+        self.num_revived += n
+        return n
+
+    @torch.no_grad()
+    def after_reservoir_revival(self) -> None:
+        """Restart the counts since the last revival and, with ``reservoir_reset``, empty the reservoir."""
+        self.counts_since_revival.zero_()
+        if self.reservoir_reset:
+            self.seen.zero_()

@@ -3,8 +3,9 @@
 Options cover the variants the reference codebases use: l2-normalised (cosine)
 codes, low-dimensional factorised codes (ViT-VQGAN: project in, search, project
 out), k-means initialisation from the first batches, dead-code revival (``revival.py``:
-batch latents or a distortion reservoir) and the swapped loss weighting of taming's
-legacy quantizer, VQGAN-LC and GQ-VAE.
+batch latents or a distortion reservoir), GQ-VAE's pass-through warm-up (the first training
+steps return z unquantized while a reservoir fills, then every code is drawn from it) and the
+swapped loss weighting of taming's legacy quantizer, VQGAN-LC and GQ-VAE.
 
 Every hard backend is this class: ``ema_vq`` changes how the codes are stored and updated,
 ``vqgan_lc`` and ``vqbridge`` how the codebook is produced (``generate_codebook``); the input
@@ -54,6 +55,13 @@ class VectorQuantizer(Quantizer):
             None: ``batch`` when ``dead_code_threshold > 0``, else ``none``.
         reservoir_size: ``reservoir``: latents the reservoir holds.
         reservoir_per_step: ``reservoir``: the highest-distortion latents of each step offered to it.
+        reservoir_reset: ``reservoir``: empty the reservoir after every revival (GQ-VAE's code), so
+            revived codes are drawn from the latents offered since the previous revival only.
+        passthrough_steps: GQ-VAE's warm-up: the first this many training steps return the latents
+            unquantized (``z_q`` = z, the codebook losses 0) and offer every latent to the reservoir;
+            the last of them overwrites every code with reservoir latents, and revivals then follow
+            every ``revive_every`` steps after it. Counted by the ``steps`` buffer (checkpointed, the
+            same on every rank). Needs ``revival="reservoir"`` and no ``kmeans_init``; 0: off.
         code_chunk: codes per tile of the nearest-code search.
         row_chunk: latents per tile of the nearest-code search.
         check_finite: raise on NaN/Inf latents (one reduction per step).
@@ -82,6 +90,8 @@ class VectorQuantizer(Quantizer):
         revival: str | None = None,
         reservoir_size: int = 16384,
         reservoir_per_step: int = 2048,
+        reservoir_reset: bool = False,
+        passthrough_steps: int = 0,
         code_chunk: int = DEFAULT_CODE_CHUNK,
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
@@ -110,6 +120,19 @@ class VectorQuantizer(Quantizer):
                 "normalize do not apply to it"
             )
         strategy = resolve_strategy(revival, dead_code_threshold)
+        if passthrough_steps < 0:
+            raise ValueError(f"passthrough_steps must be >= 0, got {passthrough_steps}")
+        if passthrough_steps and strategy != "reservoir":
+            raise ValueError(
+                f"passthrough_steps={passthrough_steps} fills a reservoir to draw every code from at its end; it needs "
+                f"revival='reservoir', got {strategy!r}"
+            )
+        if passthrough_steps and kmeans_init:
+            raise ValueError(
+                "passthrough_steps overwrites every code with reservoir latents at its end, so kmeans_init would be "
+                "thrown away; set kmeans_init=false (or passthrough_steps=0)"
+            )
+        self.passthrough_steps = int(passthrough_steps)
 
         factorized = self.code_dim != dim
         self.project_in = nn.Linear(dim, self.code_dim) if factorized else nn.Identity()
@@ -122,7 +145,7 @@ class VectorQuantizer(Quantizer):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long), persistent=keep)
         self._kmeans_pending: list[Tensor] = []
         self.revival = self._build_revival(strategy, dead_code_threshold, revive_every, reservoir_size,
-                                           reservoir_per_step)
+                                           reservoir_per_step, reservoir_reset)
 
     # --- codebook storage and production: the hooks subclasses override -----------------
     def _init_codebook_storage(self) -> None:
@@ -174,7 +197,7 @@ class VectorQuantizer(Quantizer):
 
     # --- dead-code revival ------------------------------------------------------------------
     def _build_revival(self, strategy: str, dead_code_threshold: float, revive_every: int | None,
-                       reservoir_size: int, reservoir_per_step: int) -> CodeRevival:
+                       reservoir_size: int, reservoir_per_step: int, reservoir_reset: bool) -> CodeRevival:
         if strategy != "none" and not self.writable_codebook:
             raise TypeError(
                 f"{type(self).__name__} generates its codebook from parameters, so a dead code cannot be revived by "
@@ -182,7 +205,7 @@ class VectorQuantizer(Quantizer):
                 "generator, which keeps usage high) or bake() it into a plain vq quantizer first"
             )
         policy = CodeRevival(strategy, self.codebook_size, self.code_dim, dead_code_threshold, revive_every,
-                             reservoir_size, reservoir_per_step)
+                             reservoir_size, reservoir_per_step, reservoir_reset, self.passthrough_steps)
         return policy.to(self.steps.device)
 
     def configure_revival(
@@ -192,6 +215,7 @@ class VectorQuantizer(Quantizer):
         revive_every: int | None = None,
         reservoir_size: int = 16384,
         reservoir_per_step: int = 2048,
+        reservoir_reset: bool = False,
     ) -> CodeRevival:
         """Replace the dead-code revival policy (same options and defaults as the constructor).
 
@@ -203,12 +227,15 @@ class VectorQuantizer(Quantizer):
             the new policy (also ``self.revival``).
 
         Raises:
-            ValueError: inconsistent options (see ``revival.resolve_strategy``).
+            ValueError: inconsistent options (see ``revival.resolve_strategy``), or a strategy other than
+                ``reservoir`` under a pass-through warm-up.
             TypeError: revival asked of a generated codebook.
         """
         strategy = resolve_strategy(revival, dead_code_threshold)
+        if self.passthrough_steps and strategy != "reservoir":
+            raise ValueError(f"passthrough_steps={self.passthrough_steps} needs revival='reservoir', got {strategy!r}")
         self.revival = self._build_revival(strategy, dead_code_threshold, revive_every, reservoir_size,
-                                           reservoir_per_step)
+                                           reservoir_per_step, reservoir_reset)
         if int(self.steps) == 0:
             self.code_usage.fill_(float(dead_code_threshold))
         return self.revival
@@ -240,11 +267,17 @@ class VectorQuantizer(Quantizer):
         with torch.autocast(device_type=indices.device.type, enabled=False):
             return self.from_code_space(F.embedding(indices.long(), self.codebook))
 
+    @property
+    def in_passthrough(self) -> bool:
+        """Whether the next training step is one of the ``passthrough_steps`` warm-up steps."""
+        return self.passthrough_steps > 0 and int(self.steps) < self.passthrough_steps
+
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         self.check_input(z, mask)
         if self.check_finite:
             self.check_finite_input(z)
         in_dtype = z.dtype
+        passthrough = self.training and self.in_passthrough
         with torch.autocast(device_type=z.device.type, enabled=False):
             z_flat = z.float()[mask] if mask is not None else z.float().reshape(-1, self.dim)  # (M, D)
             z_code = self.to_code_space(z_flat)  # (M, C)
@@ -254,11 +287,18 @@ class VectorQuantizer(Quantizer):
             indices, _ = nearest_code(z_code.detach(), codebook.detach(), self.code_chunk, self.row_chunk)
             codes = F.embedding(indices, codebook)  # (M, C), gradients reach the codebook (or its generator)
             loss, losses = self._weighted_losses(z_code, codes)
-            z_q_flat = self.from_code_space(z_code + (codes - z_code).detach())  # straight-through
             counts = torch.bincount(indices, minlength=self.codebook_size).float()  # (K,)
             metrics = batch_usage_metrics(counts)
-            if self.training:
-                self._training_step_updates(z_code.detach(), indices, counts)
+            if passthrough:
+                # warm-up: the caller sees the continuous latents; the codes (and their losses) are only logged.
+                # The loss keeps its graph at weight 0, so every parameter still gets a (zero) gradient (DDP).
+                z_q_flat = self.from_code_space(z_code)
+                loss = loss * 0.0
+                self._passthrough_step_updates(z_code.detach())
+            else:
+                z_q_flat = self.from_code_space(z_code + (codes - z_code).detach())  # straight-through
+                if self.training:
+                    self._training_step_updates(z_code.detach(), indices, counts)
 
         z_q, ids = self._scatter(z_q_flat.to(in_dtype), indices, z, mask)
         return QuantizerOutput(z_q=z_q, indices=ids, loss=loss, losses=losses, mask=mask, metrics=metrics)
@@ -273,6 +313,16 @@ class VectorQuantizer(Quantizer):
         self.code_usage.lerp_(global_counts.to(self.code_usage.dtype), 1.0 - self.usage_decay)
         self.steps += 1
         self.revival.step(self, z_code, indices, global_counts, int(self.steps))
+
+    @torch.no_grad()
+    def _passthrough_step_updates(self, z_code: Tensor) -> None:
+        """A warm-up step: every latent goes to the reservoir; the last step draws every code from it."""
+        if int(all_reduce_sum(torch.tensor([z_code.shape[0]], device=z_code.device))) == 0:
+            return  # every position of every rank was masked out: not a step (as in _training_step_updates)
+        self.revival.fill(z_code)
+        self.steps += 1
+        if int(self.steps) == self.passthrough_steps:
+            self.revival.revive_all(self)
 
     @torch.no_grad()
     def _collect_for_kmeans(self, z_code: Tensor) -> None:

@@ -73,8 +73,9 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
         projector: ``linear`` (the paper's default) or ``mlp`` (Linear F->hidden, ReLU, Linear hidden->D).
         projector_hidden: hidden width of the MLP projector (the paper: 256).
         projector_init: ``normal`` (the official code: weights N(0, D^-1/2), PyTorch's default bias) or
-            ``identity`` (linear projector with F == D only, zero bias: starts as the file's codebook itself, e.g. codes built from the tokenizer's own
-            latents by ``python -m vqkit.tools.codebook --source tokenizer``).
+            ``identity`` (linear projector with F == D only, zero bias: starts as the file's codebook itself,
+            e.g. codes built from the tokenizer's own latents by ``python -m vqkit.tools.codebook --source
+            tokenizer``).
         feature_norm: how the frozen features are scaled before projection (``normalize_features``):
             ``center_rms`` (centred, unit RMS row norm), ``standardize`` or ``none`` (the file as is);
             ``auto``: ``none`` with ``projector_init='identity'`` (the codes start as the file's), else ``center_rms``.
