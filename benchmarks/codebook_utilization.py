@@ -26,8 +26,9 @@ feature vectors and measured on held-out vectors of the same distribution:
 Backends: vqkit ``vq`` (k-means init on its first batch), ``vq`` with dead-code revival, ``ema_vq``
 (k-means init), ``softvq``, ``vqgan_lc`` (frozen codebook = mini-batch k-means of the training pool,
 as ``python -m vqkit.tools.codebook`` builds it; the codes live in the latents' own space, so the Linear
-projector starts at the identity), ``vqbridge`` (the paper's set-up: random raw codebook, ViT bridge
-with zero-init output, no residual, automatic patch size), ``vqbridge_kmeans`` (the same bridge with
+projector starts at the identity), ``vqbridge`` (the paper's set-up: U(-1/K, 1/K) raw codebook, the DiT
+bridge with zero-init output, no residual; width 128 and at most 256 tokens here, for CPU),
+``vqbridge_kmeans`` (the same bridge with
 ``residual=True`` and the raw codebook started from the k-means file), and vector-quantize-pytorch's
 ``VectorQuantize(kmeans_init=True, threshold_ema_dead_code=2)`` as the external reference (imported
 only here; ``make bench`` installs it). Diagnostics, opt-in with ``--backends``:
@@ -177,14 +178,15 @@ def _build(backend: str, k: int, d: int, train: Any, seed: int, features: Path) 
     if backend == "softvq":
         return build_quantizer("softvq", dim=d, codebook_size=k), 0.0
     if backend == "vqbridge":
-        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256), 0.0
+        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256, max_patch=None), 0.0
     path, kmeans_s = _kmeans_codebook(train, k, seed, features)
     if backend in ("vqgan_lc", "vqgan_lc_paper_init"):
         init = "normal" if backend == "vqgan_lc_paper_init" else "identity"
         return build_quantizer("vqgan_lc", dim=d, codebook_size=k, codebook_path=str(path),
                                projector_init=init), kmeans_s
     if backend == "vqbridge_kmeans":
-        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256, residual=True,
+        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256, max_patch=None,
+                               residual=True,
                                init_codebook_path=str(path)), kmeans_s
     if backend == "vq_kmeans_file":
         from vqkit.quantizers.codebook_file import load_codebook

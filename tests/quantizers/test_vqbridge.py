@@ -1,12 +1,15 @@
-"""VQBridge backend: grid layout, zero-init, shared updates, bake(), and the FVQ learning-annealing schedule."""
+"""VQBridge backend: the official DiT / ViT bridges (zero start, fixed positions, patch rule), grid layout,
+shared updates, bake(), and the FVQ learning-annealing schedule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from vqkit.layers.bridge import PatchBridge, sincos_positions
 from vqkit.lit.schedules import learning_annealing
 from vqkit.quantizers import build_quantizer
+from vqkit.quantizers.vqbridge import auto_patch_size, grid_shape
 
 D = 8
 
@@ -23,6 +26,86 @@ def test_zero_init_bridge_gives_the_raw_codebook():
     for kind in ("linear", "mlp"):
         torch.testing.assert_close(small(bridge=kind, residual=True).codebook, small(bridge=kind).raw_codebook
                                    .detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["dit", "vit"])
+def test_grid_bridges_output_exactly_zero_at_init(kind):
+    q = small(k=256, bridge=kind)
+    assert isinstance(q.bridge, PatchBridge) and q.bridge_kind == kind
+    assert torch.count_nonzero(q.codebook) == 0
+    bridge = q.bridge
+    assert all(not m.elementwise_affine and m.eps == 1e-6 for m in bridge.modules()
+               if isinstance(m, torch.nn.LayerNorm))
+    assert torch.count_nonzero(bridge.recover.weight) == 0 and torch.count_nonzero(bridge.recover.bias) == 0
+    x = torch.randn(1, 16, 32)
+    with torch.no_grad():
+        outputs = [block(x, bridge.condition) for block in bridge.blocks]
+    if kind == "dit":  # adaLN-Zero: every gate, shift and scale is 0, each block is the identity
+        assert all(torch.equal(out, x) for out in outputs)
+        assert bridge.condition.requires_grad and bridge.out_modulation is not None
+    else:  # the release's ViT blocks are ordinary residual blocks, no modulation and no condition
+        assert not any(torch.equal(out, x) for out in outputs)
+        assert bridge.condition is None and bridge.out_modulation is None
+        assert all(block.modulation is None for block in bridge.blocks)
+
+
+def test_dit_positions_are_the_fixed_sincos_table():
+    q = small(k=256, bridge="dit").train()  # 16 x 16 grid, patch 1 (max_tokens 1024) -> 16 x 16 tokens
+    table = q.bridge.pos_embed
+    assert table.shape == (1, 256, 32) and not table.requires_grad
+    assert not any(t is table for t in q.parameters()) and "bridge.pos_embed" not in q.state_dict()
+    torch.testing.assert_close(table, sincos_positions((16, 16), 32), atol=0, rtol=0)
+    # token (row 2, col 3): the first half encodes the column, the second the row, each [sin | cos]
+    freqs = 10000.0 ** (-torch.arange(8, dtype=torch.float64) / 8)
+    expected = torch.cat([(3 * freqs).sin(), (3 * freqs).cos(), (2 * freqs).sin(), (2 * freqs).cos()]).float()
+    torch.testing.assert_close(table[0, 2 * 16 + 3], expected)
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    out = q(torch.randn(1, 32, D))
+    opt.zero_grad()
+    (out.loss + out.z_q.sum()).backward()
+    opt.step()
+    assert torch.equal(q.bridge.pos_embed, table)
+    assert small(k=256, bridge="vit").bridge.pos_embed is None  # qbridge_ViT.py has no positions
+    learned = small(k=256, bridge="vit", pos_embed="learned").bridge.pos_embed
+    assert isinstance(learned, torch.nn.Parameter) and learned.requires_grad
+
+
+def test_raw_codes_start_uniform_in_plus_minus_one_over_k():
+    for k in (64, 1024):
+        raw = small(k=k).raw_codebook.detach()
+        assert raw.abs().max() <= 1.0 / k and raw.abs().max() > 0.9 / k
+        assert raw.mean().abs() < 0.1 / k
+    normal = small(k=1024, init="normal").raw_codebook.detach()
+    assert normal.std().item() == pytest.approx(D**-0.5, rel=0.1)
+    with pytest.raises(ValueError, match="init must be one of"):
+        small(init="zeros")
+    with pytest.raises(ValueError, match="positions must be one of"):
+        small(pos_embed="rope")
+
+
+@pytest.mark.parametrize(("k", "patch", "tokens"), [(16384, 4, (32, 32)), (65536, 8, (32, 32)), (262144, 8, (64, 64))])
+def test_default_patch_gives_the_official_token_grid(k, patch, tokens):
+    # FVQ scripts: QBridge-L/4 at 16,384, QBridge-L/8 at 65,536 and 262,144
+    side = grid_shape(k)[0]
+    assert auto_patch_size(side, side, max_tokens=1024, max_patch=8) == patch
+    q = build_quantizer("vqbridge", dim=D, codebook_size=k, width=32, num_heads=4, depth=1)
+    assert q.patch_size == patch and q.bridge.token_grid == tokens
+
+
+@pytest.mark.parametrize("kind", ["dit", "vit", "linear", "mlp"])
+def test_state_dict_round_trip(kind):
+    q = small(k=256, bridge=kind).train()
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    for step in range(2):
+        out = q(torch.randn(2, 16, D, generator=torch.Generator().manual_seed(step)))
+        opt.zero_grad()
+        (out.loss + out.z_q.pow(2).sum()).backward()
+        opt.step()
+    torch.manual_seed(5)
+    other = build_quantizer("vqbridge", dim=D, codebook_size=256, width=32, num_heads=2, bridge=kind)
+    other.load_state_dict(q.state_dict())
+    torch.testing.assert_close(other.eval().codebook, q.eval().codebook, atol=0, rtol=0)
+    assert torch.count_nonzero(q.codebook) > 0
 
 
 def test_one_step_moves_codes_the_batch_did_not_select():
@@ -43,7 +126,7 @@ def test_one_step_moves_codes_the_batch_did_not_select():
 def test_grid_layout_is_row_major_patches():
     # with one block of identity-like compress/recover and no mixing, patch (i, j) holds codes of rows
     # i*p.. and columns j*p.. of the grid: check by sending a marker through a pure per-token path
-    q = small(k=64, patch_size=2, depth=0, pos_embed=False, residual=False)
+    q = small(k=64, patch_size=2, depth=0, pos_embed="none", residual=False)
     bridge = q.bridge
     assert bridge.grid == (8, 8) and bridge.patch == 2
     marker = torch.zeros(64, D)
@@ -73,7 +156,7 @@ def test_bake_equals_the_training_time_codebook():
 
 
 def test_100k_codes_train_on_a_small_batch():
-    q = small(k=100_000, max_tokens=256).train()  # 250 x 400 grid, 25 x 25 patches
+    q = small(k=100_000, max_tokens=256, max_patch=None).train()  # 250 x 400 grid, 25 x 25 patches
     assert q.bridge.grid == (250, 400) and q.patch_size == 25
     z = torch.randn(1, 32, D, requires_grad=True)
     out = q(z)
