@@ -27,7 +27,8 @@ Backends: vqkit ``vq`` (k-means init on its first batch), ``vq`` with dead-code 
 (k-means init), ``softvq``, ``vqgan_lc`` (frozen codebook = mini-batch k-means of the training pool,
 as ``python -m vqkit.tools.codebook`` builds it; the codes live in the latents' own space, so the Linear
 projector starts at the identity), ``vqbridge`` (the paper's set-up: U(-1/K, 1/K) raw codebook, the DiT
-bridge with zero-init output, no residual; width 128 and at most 256 tokens here, for CPU),
+bridge with zero-init output, no residual, at the official geometry: width 256, 4 heads, MLP 2, the
+official patch per K),
 ``vqbridge_kmeans`` (the same bridge with
 ``residual=True`` and the raw codebook started from the k-means file), and vector-quantize-pytorch's
 ``VectorQuantize(kmeans_init=True, threshold_ema_dead_code=2)`` as the external reference (imported
@@ -178,15 +179,14 @@ def _build(backend: str, k: int, d: int, train: Any, seed: int, features: Path) 
     if backend == "softvq":
         return build_quantizer("softvq", dim=d, codebook_size=k), 0.0
     if backend == "vqbridge":
-        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256, max_patch=None), 0.0
+        return build_quantizer("vqbridge", dim=d, codebook_size=k), 0.0  # the official start and geometry
     path, kmeans_s = _kmeans_codebook(train, k, seed, features)
     if backend in ("vqgan_lc", "vqgan_lc_paper_init"):
         init = "normal" if backend == "vqgan_lc_paper_init" else "identity"
         return build_quantizer("vqgan_lc", dim=d, codebook_size=k, codebook_path=str(path),
                                projector_init=init), kmeans_s
     if backend == "vqbridge_kmeans":
-        return build_quantizer("vqbridge", dim=d, codebook_size=k, width=128, max_tokens=256, max_patch=None,
-                               residual=True,
+        return build_quantizer("vqbridge", dim=d, codebook_size=k, residual=True,
                                init_codebook_path=str(path)), kmeans_s
     if backend == "vq_kmeans_file":
         from vqkit.quantizers.codebook_file import load_codebook

@@ -54,6 +54,11 @@ def _flatten(node: object, prefix: str) -> list[str]:
     return [f"{prefix}={value}"]
 
 
+# The table in README/docs was measured with plain vq codes (full width, no revival), vq's defaults before
+# issue 14 made factorized cosine codes with revival the default; the comparison keeps those settings.
+PLAIN_CODES = {"vq": ["quantizer.code_dim=null", "quantizer.normalize=false", "quantizer.dead_code_threshold=0.0"]}
+
+
 def recipe_overrides(quantizer: str, recipe: Path = RECIPE) -> tuple[list[str], int, int]:
     """Overrides carrying the CPU recipe's settings, its max_steps and its total codebook size."""
     if not recipe.is_file():
@@ -70,6 +75,7 @@ def recipe_overrides(quantizer: str, recipe: Path = RECIPE) -> tuple[list[str], 
     codebook_size = int(q.pop("codebook_size", 1024))
     if quantizer == "softvq":
         overrides += _flatten(q, "quantizer") if q else []
+    overrides += PLAIN_CODES.get(quantizer, [])
     return overrides, int(cfg["trainer"]["max_steps"]), codebook_size
 
 
