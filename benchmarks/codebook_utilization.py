@@ -183,8 +183,9 @@ def _build(backend: str, k: int, d: int, train: Any, seed: int, features: Path) 
     path, kmeans_s = _kmeans_codebook(train, k, seed, features)
     if backend in ("vqgan_lc", "vqgan_lc_paper_init"):
         init = "normal" if backend == "vqgan_lc_paper_init" else "identity"
+        # the codes are k-means centres of the latents themselves: no feature scaling (as measured)
         return build_quantizer("vqgan_lc", dim=d, codebook_size=k, codebook_path=str(path),
-                               projector_init=init), kmeans_s
+                               projector_init=init, feature_norm="none"), kmeans_s
     if backend == "vqbridge_kmeans":
         return build_quantizer("vqbridge", dim=d, codebook_size=k, residual=True,
                                init_codebook_path=str(path)), kmeans_s
