@@ -23,7 +23,9 @@ from vqkit.train import train
 def module(make_config) -> TokenizerModule:
     """The default image module (image_conv, vq; L1 weight 1, L2 weight 0) with no LR schedule."""
     torch.manual_seed(0)
-    return module_from_config(make_config("scheduler=none", "quantizer.kmeans_init=false"))
+    # no revival either: it rewrites codes between the calls the copies below are compared across
+    return module_from_config(make_config("scheduler=none", "quantizer.kmeans_init=false",
+                                          "quantizer.dead_code_threshold=0.0"))
 
 
 def images(n: int = 4) -> torch.Tensor:
