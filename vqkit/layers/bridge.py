@@ -21,26 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.layers.positions import sincos_positions
+
 POSITIONS = ("sincos", "learned", "none")
-
-
-def sincos_positions(grid: tuple[int, int], width: int) -> Tensor:
-    """Fixed 2-D sine-cosine table (1, H * W, width) of a row-major H x W token grid.
-
-    The first half of the channels encodes the column, the second half the row (the MAE / DiT layout);
-    each half is ``[sin(pos * f), cos(pos * f)]`` with frequencies ``f_k = 10000^(-k / (width / 4))``.
-    """
-    if width % 4:
-        raise ValueError(f"sin-cos positions need a width divisible by 4, got {width}")
-    quarter = width // 4
-    freqs = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
-                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
-    halves = []
-    for pos in (cols.reshape(-1), rows.reshape(-1)):
-        angles = pos[:, None] * freqs[None, :]
-        halves += [angles.sin(), angles.cos()]
-    return torch.cat(halves, dim=1).float().unsqueeze(0)
 
 
 class SelfAttention(nn.Module):

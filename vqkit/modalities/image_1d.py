@@ -47,6 +47,7 @@ from timm.layers import LayerNorm, trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import Tensor, nn
 
+from vqkit.layers.positions import sincos_positions
 from vqkit.layers.pretrained import load_checked, read_state_dict, timm_filter
 
 # Transformer sizes of TiTok (arXiv 2406.07550), shared by encoder and decoder. SoftVQ-VAE's
@@ -99,22 +100,11 @@ def _image_hw(image_size: int | Sequence[int], patch_size: int) -> tuple[int, in
 
 
 def sincos_2d(grid_size: tuple[int, int], width: int) -> Tensor:
-    """Fixed 2-D sine-cosine positional table (1, gh * gw, width), rows first (as MAE).
+    """Fixed 2-D sine-cosine positional table (1, gh * gw, width), row channels first.
 
-    Half of the channels encode the row, half the column; each half is sin and cos of the
-    position times frequencies 1 / 10000^(k / (width / 4)). ``width`` must be divisible by 4.
+    ``vqkit.layers.positions.sincos_positions`` with the rows in the first half of the channels.
     """
-    if width % 4:
-        raise ValueError(f"sincos positional embeddings need a width divisible by 4, got {width}")
-    gh, gw = grid_size
-    freqs = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))  # (width/4,)
-    rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
-                                indexing="ij")
-    parts = []
-    for pos in (rows.reshape(-1), cols.reshape(-1)):
-        angles = pos[:, None] * freqs[None]  # (gh * gw, width/4)
-        parts += [angles.sin(), angles.cos()]
-    return torch.cat(parts, dim=1).float().unsqueeze(0)  # (1, gh * gw, width)
+    return sincos_positions(grid_size, width, columns_first=False)
 
 
 def _stages(patch_size: int, option: str) -> int:
