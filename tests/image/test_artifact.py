@@ -188,7 +188,7 @@ def test_image_inputs_tensor_single_pil_and_path(artifact: Path, tmp_path: Path)
     ("images", "error", "message"),
     [
         (torch.rand(8, 8), ValueError, r"expected images \(B, 3, H, W\)"),
-        (torch.rand(0, 3, 8, 8), ValueError, r"expected images \(B, 3, H, W\)"),
+        (torch.rand(0, 3, 8, 8), ValueError, r"empty batch \(B = 0\) of images.*at least one image"),
         (torch.rand(1, 1, 8, 8), ValueError, "3 channels"),
         (torch.rand(1, 8, 8, 3), ValueError, "channels last"),
         (torch.rand(1, 3, 8, 8) * 2 - 1, ValueError, r"must lie in \[0, 1\]"),

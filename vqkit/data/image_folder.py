@@ -10,9 +10,12 @@ Batches are ``{"image": (B, 3, S, S) float32 in [0, 1], "label": (B,) int64}``.
 Transforms: train = ``RandomResizedCrop(S, scale=(min_crop_area, 1))`` + horizontal flip;
 val/test = resize the short side to S + center crop.
 
+Files are read with ``vqkit.modalities.image_files.load_rgb``, the loader the image tokenizer uses: every
+PIL mode (16-bit scaled by its range, transparency composited on white) and EXIF orientation.
+
 Unreadable images (skip, replace, report, count; no start-up scan): checking 1.28M files before the
 first step would take many minutes, and ImageNet has almost no bad files, so files are only decoded
-when they are loaded. A file PIL cannot decode is
+when they are loaded. A file PIL cannot decode, or whose mode or value range ``load_rgb`` refuses, is
 
 * reported by path through ``logging`` (logger ``vqkit.data.image_folder``), once per file;
 * marked in a per-split flag tensor held in shared memory, so every DataLoader worker (fork or
@@ -41,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from vqkit.data.transforms import eval_transform, train_transform
+from vqkit.modalities.image_files import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +98,7 @@ class ImageFolderSplit(Dataset):
                 continue
             path, label = self.samples[i]
             try:
-                with Image.open(path) as img:
-                    image = img.convert("RGB")  # forces the full decode
+                image = load_rgb(path)  # every PIL mode and EXIF orientation; fully decoded
             except DECODE_ERRORS as err:
                 self._mark_corrupt(i, err)
                 continue

@@ -64,6 +64,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
+from vqkit.modalities.image_files import load_rgb
+
 SKIMAGE_REQUIREMENT = "scikit-image==0.26.0"
 DEFAULT_TRAIN_PHOTOS = ("astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "ihc.png")
 DEFAULT_VAL_PHOTOS = ("chelsea.png", "coffee.png")
@@ -86,13 +88,14 @@ def skimage_data_dir() -> Path:
 
 
 def load_photo(path: Path, short_side: int | None) -> Tensor:
-    """Read an image file as RGB, resized so its short side is ``short_side`` (None: keep its size).
+    """Read an image file as RGB (``load_rgb``: any PIL mode, EXIF orientation), short side resized to ``short_side``.
+
+    ``short_side`` None keeps the size.
 
     Returns:
         uint8 tensor (3, H, W).
     """
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
+    rgb = load_rgb(path)
     if short_side is not None:
         w, h = rgb.size
         ratio = short_side / min(w, h)

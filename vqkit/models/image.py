@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from vqkit.modalities.image_files import load_rgb
 from vqkit.models.base import TokenizerModel
 from vqkit.quantizers.base import Quantizer
 
@@ -82,6 +82,11 @@ class ImageTokenizer(TokenizerModel):
         """
         if not isinstance(codes, Tensor):
             raise TypeError(f"decode expects a torch.Tensor of ids or tokens, got {type(codes).__name__}")
+        if codes.dim() > 0 and codes.shape[0] == 0:
+            raise ValueError(
+                f"decode got an empty batch (B = 0) of codes, shape {tuple(codes.shape)}; pass the codes of at least "
+                "one image (one image's ids (h, w): codes[None])"
+            )
         per_token = (self.token_dim,) if codes.is_floating_point() else ()
         tail = ", D" * len(per_token)
         if self.image_size is not None:
@@ -144,25 +149,27 @@ class ImageTokenizer(TokenizerModel):
 def as_image_batch(images: ImageInput) -> Tensor:
     """A float batch (B, 3, H, W) in [0, 1] from a batch, one image (3, H, W), a PIL image or an image path.
 
+    Files and PIL images are read by ``vqkit.modalities.image_files.load_rgb``, as the data modules read them:
+    EXIF orientation applied, every PIL mode mapped by its real range (16-bit / 65535), transparency on white.
+
     Raises:
         FileNotFoundError: the path does not exist.
         TypeError: not an image, or integer pixels (convert with ``x.float() / 255``).
-        ValueError: wrong shape or channel count, NaN/Inf, or values outside [0, 1].
+        ValueError: wrong shape or channel count, an empty batch, NaN/Inf, values outside [0, 1], or an image
+            mode with no known mapping to RGB.
     """
-    if isinstance(images, (str, os.PathLike)):
-        path = Path(images)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        with Image.open(path) as image:
-            images = _pil_to_tensor(image)
-    elif isinstance(images, Image.Image):
-        images = _pil_to_tensor(images)
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = _pil_to_tensor(load_rgb(images))
     if not isinstance(images, Tensor):
         raise TypeError(f"expected a tensor, a PIL image or an image path, got {type(images).__name__}")
     if images.dim() == 3:
         images = images.unsqueeze(0)
-    if images.dim() != 4 or images.numel() == 0:
+    if images.dim() != 4:
         raise ValueError(f"expected images (B, 3, H, W) or one image (3, H, W), got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"got an empty batch (B = 0) of images, shape {tuple(images.shape)}; pass at least one image")
+    if images.numel() == 0:
+        raise ValueError(f"got images without pixels, shape {tuple(images.shape)}; H and W must be at least 1")
     if images.shape[1] != 3:
         hint = " (channels last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
         raise ValueError(f"expected RGB images with 3 channels in dim 1, got shape {tuple(images.shape)}{hint}")
@@ -180,5 +187,5 @@ def as_image_batch(images: ImageInput) -> Tensor:
 
 
 def _pil_to_tensor(image: Image.Image) -> Tensor:
-    """A PIL image -> float (3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+    """An 8-bit RGB PIL image -> float (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
