@@ -1,4 +1,4 @@
-"""Tiny image models as configs, vqkit.train-shaped checkpoints and artifact folders (export, security, image tests)."""
+"""Tiny models as configs (image, 1-D image, audio), vqkit.train-shaped checkpoints and artifact folders."""
 
 from __future__ import annotations
 
@@ -48,6 +48,24 @@ TINY_1D_MODEL: dict[str, Any] = {
     "decoder": {"_target_": "vqkit.modalities.image_1d.TransformerImageDecoder", **TINY_1D},
 }
 SOFTVQ = {"_target_": "vqkit.quantizers.SoftVectorQuantizer", "dim": 4, "codebook_size": 16}
+# A mono waveform model: 8 kHz, hop 8 (strides 2 x 4), 2 residual stages of 16 codes; builds in milliseconds.
+TINY_AUDIO_CODEC = {
+    "latent_dim": 8,
+    "channels": 4,
+    "strides": [2, 4],
+    "sample_rate": 8000,
+    "num_res_layers": 1,
+    "dilation_base": 2,
+    "lstm_layers": 0,
+    "norm": "weight_norm",
+}
+TINY_AUDIO_MODEL: dict[str, Any] = {
+    "_target_": "vqkit.models.AudioTokenizer",
+    "encoder": {"_target_": "vqkit.modalities.audio.ConvAudioEncoder", **TINY_AUDIO_CODEC},
+    "decoder": {"_target_": "vqkit.modalities.audio.ConvAudioDecoder", **TINY_AUDIO_CODEC},
+    "quantizer": {"_target_": "vqkit.quantizers.ResidualQuantizer", "dim": 8, "codebook_size": 16, "num_stages": 2},
+    "normalization": {"mean": 0.0, "std": 1.0, "range": [-1.0, 1.0]},
+}
 # Entries of a training module's state dict that are not the model's: export must leave them out.
 NOT_THE_MODEL = {"discriminator.net.0.weight": torch.ones(3), "losses.repa.projector.0.weight": torch.ones(2, 2)}
 

@@ -19,7 +19,7 @@ def read_audio(path: str, sample_rate: int, start: int = 0, frames: int = -1) ->
     """
     data, native_rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)  # (T, C)
     wave = torch.from_numpy(np.ascontiguousarray(data.T)).mean(0, keepdim=True)  # mono mixdown
-    if native_rate != sample_rate:
+    if native_rate != sample_rate and wave.shape[-1] > 0:  # torchaudio cannot resample 0 samples
         wave = AF.resample(wave, native_rate, sample_rate)
     return wave
 
