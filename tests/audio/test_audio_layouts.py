@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file, safe_open, save_file
 
 from tests.artifacts import TINY_AUDIO_MODEL
 from vqkit.models import AudioTokenizer
+from vqkit.tokenizers import load_tokenizer
 from vqkit.tools.audio import main as audio_cli
 
 T = 800  # 100 frames of hop 8 at 8 kHz
@@ -118,3 +120,56 @@ def test_empty_batches_are_refused_in_encode_and_decode(tok) -> None:
         tok.decode(torch.zeros(0, 5, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"one clip's codes: decode\(codes\[None\]\)"):
         tok.decode(torch.zeros(5, 2, dtype=torch.long))
+
+
+@pytest.fixture
+def two_artifacts(tmp_path: Path) -> tuple[Path, Path]:
+    dirs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        AudioTokenizer.from_config(TINY_AUDIO_MODEL).save_pretrained(tmp_path / f"tok{seed}")
+        dirs.append(tmp_path / f"tok{seed}")
+    return dirs[0], dirs[1]
+
+
+def test_codes_file_records_its_tokenizer_and_another_one_refuses_it(two_artifacts, tmp_path: Path, capsys) -> None:
+    from vqkit.models.identity import model_digest
+
+    mine, other = two_artifacts
+    audio, codes = tmp_path / "in.wav", tmp_path / "in.codes.safetensors"
+    sf.write(audio, stereo(), 8000)
+    assert audio_cli(["encode", str(audio), str(codes), "--tokenizer", str(mine)]) == 0
+    with safe_open(str(codes), framework="pt") as f:
+        metadata = f.metadata()
+    digest = model_digest(load_tokenizer(mine))
+    assert digest.startswith("sha256:") and digest != model_digest(load_tokenizer(other))
+    assert metadata["tokenizer_digest"] == digest
+    assert (metadata["sample_rate"], metadata["hop_length"], metadata["channels"]) == ("8000", "8", "1")
+    assert (metadata["num_stages"], metadata["codebook_size"]) == ("2", "16")
+    capsys.readouterr()
+
+    out = tmp_path / "out.wav"
+    assert audio_cli(["decode", str(codes), str(out), "--tokenizer", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "written by another tokenizer" in err and digest[:19] in err and "--force" in err and not out.exists()
+    assert audio_cli(["decode", str(codes), str(out), "--tokenizer", str(other), "--force"]) == 0
+    assert "warning: --force" in capsys.readouterr().err and out.is_file()
+    assert audio_cli(["decode", str(codes), str(out)]) == 0  # its own tokenizer, named in the file
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_codes_file_without_a_digest_decodes_with_a_warning(two_artifacts, tmp_path: Path, capsys) -> None:
+    mine, _ = two_artifacts
+    audio, codes = tmp_path / "in.wav", tmp_path / "in.codes.safetensors"
+    sf.write(audio, stereo(), 8000)
+    assert audio_cli(["encode", str(audio), str(codes), "--tokenizer", str(mine)]) == 0
+    with safe_open(str(codes), framework="pt") as f:
+        metadata = f.metadata()
+    old = {k: v for k, v in metadata.items() if k in ("sample_rate", "length", "hop_length", "num_stages", "tokenizer")}
+    save_file(load_file(str(codes)), str(codes), metadata=old)  # what vqkit wrote before it recorded identities
+    capsys.readouterr()
+    assert audio_cli(["decode", str(codes), str(tmp_path / "out.wav")]) == 0
+    assert "does not record its tokenizer's digest" in capsys.readouterr().err
+    save_file(load_file(str(codes)), str(codes), metadata={**old, "hop_length": "4"})
+    assert audio_cli(["decode", str(codes), str(tmp_path / "out.wav")]) == 1
+    assert "different hop_length" in capsys.readouterr().err

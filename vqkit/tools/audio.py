@@ -2,19 +2,27 @@
 
     python -m vqkit.tools.audio encode speech.wav speech.codes.safetensors --tokenizer DIR [--stages S]
     python -m vqkit.tools.audio decode speech.codes.safetensors speech.recon.wav [--tokenizer DIR] [--stages S]
+        [--force]
     python -m vqkit.tools.audio info --tokenizer DIR
 
 A codes file is safetensors with one tensor ``codes`` (ids (N, S) for residual quantizers, (N,)
 for single-stage ones, int16 when the codebook has at most 32,768 codes, else int32; float (N, D)
 for soft quantizers) and metadata: ``sample_rate``,
-``length`` (samples of the input), ``hop_length``, ``num_stages`` and ``tokenizer`` (the
-artifact directory, so ``decode`` finds it without ``--tokenizer``). Nothing is pickled.
+``length`` (samples of the input), ``hop_length``, ``num_stages``, ``channels`` (1: the models are mono;
+multi-channel files are mixed down), ``codebook_size``, ``tokenizer`` (the artifact directory, so ``decode``
+finds it without ``--tokenizer``) and ``tokenizer_digest`` (``vqkit.models.identity.model_digest``: sha256 of
+the tokenizer's config and weights). Nothing is pickled.
+
+``decode`` refuses codes written by another tokenizer (a different digest, sample rate or hop), naming both;
+``--force`` decodes them anyway. Files without a digest (written before vqkit recorded it) are decoded with a
+warning, after the sample rate and hop they state are checked.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from vqkit.models.audio import AudioTokenizer
+from vqkit.models.identity import model_digest
 from vqkit.tokenizers import load_tokenizer
 
 
@@ -44,6 +53,53 @@ def describe(tokenizer: AudioTokenizer, stages: int | None = None) -> str:
     )
 
 
+def identity(tokenizer: AudioTokenizer) -> dict[str, str]:
+    """What a codes file records of the tokenizer that wrote it (and ``decode`` compares)."""
+    return {
+        "tokenizer_digest": model_digest(tokenizer),
+        "sample_rate": str(tokenizer.sample_rate),
+        "hop_length": str(tokenizer.hop_length),
+        "codebook_size": str(tokenizer.codebook_size),
+    }
+
+
+def _describe_identity(values: dict[str, str]) -> str:
+    digest = values.get("tokenizer_digest", "no digest")
+    return (
+        f"{digest[:19]} ({values.get('sample_rate', '?')} Hz, hop {values.get('hop_length', '?')}, "
+        f"{values.get('codebook_size', '?')} codes)"
+    )
+
+
+def check_identity(metadata: dict[str, str], tokenizer: AudioTokenizer, codes_path: Path, directory: str | Path,
+                   force: bool = False) -> None:
+    """Refuse (``force``: warn) when the codes file was written by a tokenizer other than ``tokenizer``.
+
+    Raises:
+        ValueError: the recorded digest, sample rate, hop or codebook size differs from the tokenizer's.
+    """
+    ours = identity(tokenizer)
+    recorded = {key: metadata[key] for key in ours if key in metadata}
+    differ = sorted(key for key, value in recorded.items() if value != ours[key])
+    if differ:
+        message = (
+            f"{codes_path} was written by another tokenizer (different {', '.join(differ)}): the file records "
+            f"{_describe_identity(recorded)}, {directory} is {_describe_identity(ours)}. Decode it with the "
+            f"tokenizer that encoded it (--tokenizer DIR; the file names {metadata.get('tokenizer', 'none')}), "
+            "or pass --force to decode anyway (the audio is garbage unless the two models agree)"
+        )
+        if not force:
+            raise ValueError(message)
+        warnings.warn(f"--force: {message}", UserWarning, stacklevel=2)
+    elif "tokenizer_digest" not in recorded:
+        warnings.warn(
+            f"{codes_path} does not record its tokenizer's digest (written by an older vqkit): it cannot be checked "
+            f"that {directory} encoded it; decoding anyway. Encode the audio again to record it",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def encode_file(
     audio_path: str | Path, codes_path: str | Path, tokenizer_dir: str | Path, stages: int | None = None,
     device: str = "cpu",
@@ -55,10 +111,10 @@ def encode_file(
     if not codes.is_floating_point():  # ids fit the narrowest integer type of the codebook
         codes = codes.to(torch.int16 if tokenizer.codebook_size <= 2**15 else torch.int32)
     metadata = {
-        "sample_rate": str(tokenizer.sample_rate),
+        **identity(tokenizer),
         "length": str(wave.shape[-1]),
-        "hop_length": str(tokenizer.hop_length),
         "num_stages": str(stages or tokenizer.num_stages),
+        "channels": "1",
         "tokenizer": str(Path(tokenizer_dir).resolve()),
         "source": Path(audio_path).name,
     }
@@ -69,9 +125,12 @@ def encode_file(
 
 def decode_file(
     codes_path: str | Path, audio_path: str | Path, tokenizer_dir: str | Path | None = None,
-    stages: int | None = None, device: str = "cpu",
+    stages: int | None = None, device: str = "cpu", force: bool = False,
 ) -> dict[str, str]:
-    """Reconstruct a 16-bit WAV from a codes file (``stages``: decode the first S stages only)."""
+    """Reconstruct a 16-bit WAV from a codes file (``stages``: decode the first S stages only).
+
+    The tokenizer must be the one that wrote the file (``check_identity``); ``force`` decodes with another.
+    """
     codes_path = Path(codes_path)
     if not codes_path.is_file():
         raise FileNotFoundError(f"codes file not found: {codes_path}")
@@ -87,11 +146,7 @@ def decode_file(
     if not directory:
         raise ValueError(f"{codes_path} does not name its tokenizer; pass --tokenizer DIR")
     tokenizer = _load(directory, device)
-    if int(metadata.get("sample_rate", tokenizer.sample_rate)) != tokenizer.sample_rate:
-        raise ValueError(
-            f"{codes_path} was encoded at {metadata['sample_rate']} Hz but {directory} runs at "
-            f"{tokenizer.sample_rate} Hz"
-        )
+    check_identity(metadata, tokenizer, codes_path, directory, force)
     if stages is not None:
         if codes.dim() != 2 or not 1 <= stages <= codes.shape[-1]:
             raise ValueError(f"--stages {stages}: the file holds ids {tuple(codes.shape)} (frames, stages)")
@@ -118,17 +173,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     dec.add_argument("audio")
     dec.add_argument("--tokenizer", default=None, help="artifact directory (default: the one the codes file names)")
     dec.add_argument("--stages", type=int, default=None, help="decode the first S stages only")
+    dec.add_argument("--force", action="store_true", help="decode codes written by another tokenizer anyway")
     info = commands.add_parser("info", help="print rates and bitrate of a tokenizer")
     info.add_argument("--tokenizer", required=True)
     for sub in (enc, dec, info):
         sub.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        status = _run(args)
+    for warning in caught:
+        print(f"vqkit.tools.audio: warning: {warning.message}", file=sys.stderr)
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "encode":
             meta = encode_file(args.audio, args.codes, args.tokenizer, args.stages, args.device)
             print(f"vqkit.tools.audio: {args.audio} -> {args.codes}: {meta['frames']} frames | {meta['description']}")
         elif args.command == "decode":
-            meta = decode_file(args.codes, args.audio, args.tokenizer, args.stages, args.device)
+            meta = decode_file(args.codes, args.audio, args.tokenizer, args.stages, args.device, args.force)
             print(f"vqkit.tools.audio: {args.codes} -> {args.audio}: {meta['samples']} samples | {meta['description']}")
         else:
             print(f"vqkit.tools.audio: {args.tokenizer}: {describe(_load(args.tokenizer, args.device))}")
