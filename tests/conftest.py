@@ -11,6 +11,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from vqkit.config import compose_train_config
+from vqkit.third_party_noise import silence_third_party_noise
+
+silence_third_party_noise()  # the filters the command-line entry points install
 
 # Small enough that one optimizer step takes well under a second on a CPU core.
 FAST_OVERRIDES = [

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import FAST_AUDIO_DATA, FAST_AUDIO_MODEL
+from tests.test_warnings import NOISE
 from tests.text.conftest import TINY_GATE, TINY_TEXT
 from vqkit.lit.run_config import module_from_config
 
@@ -88,6 +89,8 @@ def test_two_process_training_keeps_ranks_identical(modality: str, tmp_path: Pat
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert "identical on 2 ranks" in output, output[-3000:]
+    noise = [line for line in output.splitlines() if NOISE.search(line)]  # sync_dist advice, DDP strides...
+    assert not noise, "\n".join(noise)
 
     distributed = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     single = _single_process_validation(run_dir)

@@ -68,6 +68,7 @@ RULES: dict[str, Rule] = {
     "metrics":          only(*LOW, "losses", "metrics", "tools.assets",        banned=FRAMEWORKS),
     "tokenizers":       only(*LOW, "tokenizers", "__version__",                banned=FRAMEWORKS),
     "__init__":         only("quantizers", "tokenizers", *LOW,                 banned=FRAMEWORKS),
+    "third_party_noise": only(banned=FRAMEWORKS),  # warning / log filters for other libraries' messages
     "data":             all_but("lit", "callbacks", "config", *CLIS),
     "lit":              all_but("callbacks", "config", *CLIS),
     "callbacks":        all_but("config", *CLIS),

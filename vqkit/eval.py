@@ -29,6 +29,9 @@ from vqkit.config import CONF_DIR, register_resolvers
 from vqkit.lit.checkpoint_io import load_checkpoint
 from vqkit.lit.run_config import module_from_config
 from vqkit.metrics.latent_stats import LatentStatistics
+from vqkit.third_party_noise import silence_third_party_noise
+
+silence_third_party_noise()
 
 OPTIONS = ("split", "out", "accelerator", "lpips", "fid", "save_reconstructions", "latent_stats", "max_batches",
            "allow_pickle")

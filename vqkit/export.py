@@ -28,8 +28,10 @@ from vqkit.config import CONF_DIR
 from vqkit.lit.checkpoint_io import load_checkpoint
 from vqkit.models.artifact import resolve_target
 from vqkit.models.base import TokenizerModel
+from vqkit.third_party_noise import silence_third_party_noise
 
 log = logging.getLogger("vqkit.export")
+silence_third_party_noise()
 
 TEXT_OPTIONS = ("vocab_size", "vocab_prune", "vocab_strings", "vocab_rows", "vocab_text")
 # Constructor arguments that only seed weights the state dict holds: an artifact must not need their files.

@@ -24,8 +24,10 @@ from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
 from vqkit.config import CONF_DIR, register_resolvers
 from vqkit.lit.run_config import module_from_config, resolved_config
+from vqkit.third_party_noise import silence_third_party_noise
 
 register_resolvers()
+silence_third_party_noise()
 
 log = logging.getLogger("vqkit.train")
 

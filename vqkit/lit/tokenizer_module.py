@@ -184,8 +184,11 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
         values.update({f"{stage}/codebook/{k}": v for k, v in usage.compute().items()})
         usage.reset()
         per_stage = {k: v for k, v in values.items() if "/stage" in k}  # residual quantizers: logged, not shown
-        self.log_dict({k: v for k, v in values.items() if k not in per_stage}, prog_bar=stage == "val")
-        self.log_dict(per_stage)
+        # The metrics' compute() already gathered every process, so the values agree across ranks: sync_dist
+        # averages equal numbers (exact) and tells Lightning the epoch-level values are global.
+        self.log_dict({k: v for k, v in values.items() if k not in per_stage}, prog_bar=stage == "val",
+                      sync_dist=True)
+        self.log_dict(per_stage, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         return self._eval_step(batch, "val")

@@ -50,6 +50,20 @@ from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer
 SEGMENTATION_MODES = ("learned", "fixed")
 
 
+class SameConv1d(nn.Conv1d):
+    """``Conv1d(..., padding="same")`` with the padding made explicit: (k - 1) // 2 zeros on the left, the rest on
+    the right, exactly what PyTorch's "same" does, without the warning (and implicit padded copy) it raises for
+    the even kernels of the gate (2k)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)
+        total = kernel_size - 1
+        self.same_padding = (total // 2, total - total // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.same_padding))
+
+
 class BoundaryGate(nn.Module):
     """Quantized latents (B, T, D) -> boundary probabilities g (B, T): transformer, Conv1d stack, sigmoid.
 
@@ -67,9 +81,9 @@ class BoundaryGate(nn.Module):
         self.inp = nn.Linear(latent_dim, width)
         self.transformer = ALiBiTransformer(width, depth, num_heads)
         self.convs = nn.Sequential(
-            nn.Conv1d(width, width // 2, 2 * kernel, padding="same"),
-            nn.Conv1d(width // 2, width // 4, kernel + kernel // 2, padding="same"),
-            nn.Conv1d(width // 4, 1, kernel, padding="same"),
+            SameConv1d(width, width // 2, 2 * kernel),
+            SameConv1d(width // 2, width // 4, kernel + kernel // 2),
+            SameConv1d(width // 4, 1, kernel),
         )
 
     def forward(self, z_q: Tensor, valid: Tensor | None = None) -> Tensor:
