@@ -112,7 +112,7 @@ def evaluate(ckpt_path: str, overrides: dict[str, Any] | None = None, **options:
         if extra:
             getattr(module, f"{split}_metrics").add_metrics(extra)
     recorder = EvalRecorder(module.model.token_dim, int(opts["save_reconstructions"]))
-    limit = int(opts["max_batches"]) if opts["max_batches"] is not None else 1.0
+    limit = int(opts["max_batches"]) if opts["max_batches"] is not None else None  # None: all, without a notice
     trainer = L.Trainer(
         accelerator=opts["accelerator"], devices=1, logger=False, enable_checkpointing=False,
         callbacks=[recorder, TQDMProgressBar(refresh_rate=5)], limit_test_batches=limit, limit_val_batches=limit,
