@@ -16,6 +16,9 @@ import warnings
 WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     (r".*isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
      "lightning/pytorch/utilities/_pytree.py uses torch's old LeafSpec check; fixed upstream, no effect on results"),
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning,
+     "Lightning counts modules in eval mode; vqkit keeps its frozen pretrained networks (LPIPS, REPA and feature-"
+     "discriminator backbones) in eval mode on purpose, so that their dropout and norms do not change the loss"),
     (r".*does not have many workers", UserWarning,
      "Lightning's advice to raise num_workers; vqkit's embedded datasets are in memory and default to 0 workers "
      "on purpose (data.num_workers raises it for folders on disk)"),
