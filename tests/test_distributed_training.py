@@ -37,6 +37,11 @@ MODALITIES = {
         "model.encoder.channels=8", "model.encoder.latent_dim=8", "quantizer.codebook_size=32",
         "quantizer.dead_code_threshold=0.5", *NO_PICTURES,
     ],
+    "image-gan": [  # manual optimization: two backward passes per step, each through part of the parameters
+        "model=image_conv_gan", "module.disc_start=1", "data.image_size=32", "data.batch_size=4",
+        "data.train_samples=16", "data.val_samples=8", "model.encoder.channels=8", "model.encoder.latent_dim=8",
+        "quantizer.codebook_size=32", *NO_PICTURES,
+    ],
     "audio-residual_ema_vq": [
         "data=speech", "model=audio_conv", "quantizer=residual", *FAST_AUDIO_DATA, *FAST_AUDIO_MODEL,
         "data.max_eval_segments=2", "quantizer.codebook_size=32", "quantizer.num_stages=2", *NO_PICTURES,

@@ -45,7 +45,7 @@ def save_final_checkpoint(trainer: L.Trainer) -> str | None:
     if callback is None or trainer.fast_dev_run or not getattr(callback, "dirpath", None):
         return None
     path = str(Path(callback.dirpath) / "last.ckpt")
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # the full training state (optimizers, loops): resumable
     return path
 
 
@@ -86,6 +86,16 @@ def _latest_samples(callbacks: list[Any]) -> str | None:
     return None
 
 
+def _is_ddp_without_unused_detection(strategy: Any) -> bool:
+    """True for a DDP strategy (a ``DDPStrategy`` config or the string ``"ddp"``) that does not find unused
+    parameters."""
+    if isinstance(strategy, str):
+        return strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+    if isinstance(strategy, DictConfig):
+        return str(strategy.get("_target_", "")).endswith(".DDPStrategy") and not strategy.get("find_unused_parameters")
+    return False
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final metrics and the paths of its outputs."""
     started = time.time()
@@ -120,6 +130,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Lightning refuses automatic clipping with manual optimization; such modules clip by themselves.
         log.info("manual optimization: trainer.gradient_clip_val ignored, the model clips its own gradients")
         trainer_overrides["gradient_clip_val"] = None
+    strategy = cfg.trainer.get("strategy")
+    if not module.automatic_optimization and _is_ddp_without_unused_detection(strategy):
+        # A GAN step runs two backward passes, each through part of the parameters (generator, discriminator):
+        # DDP must be told that some parameters get no gradient in a pass, or it stops at the second one.
+        log.info("manual optimization under DDP: find_unused_parameters=True (generator and discriminator steps)")
+        trainer_overrides["strategy"] = (instantiate(strategy, find_unused_parameters=True)
+                                         if isinstance(strategy, DictConfig) else "ddp_find_unused_parameters_true")
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
 
     # vqkit checkpoints hold tensors and plain data only: resuming never runs the full unpickler.
