@@ -9,6 +9,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from vqkit.models.compat import check_model_config
+
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The run config with every interpolation resolved, without Hydra's own ``hydra`` node."""
@@ -27,6 +29,7 @@ def module_from_config(cfg: Any, resolved: dict[str, Any] | None = None) -> Any:
     """
     from hydra.utils import instantiate
 
+    check_model_config(cfg.model)  # a model x quantizer pair that cannot work is refused before anything is built
     module = instantiate(cfg.module, model=instantiate(cfg.model))
     module.attach_config(resolved if resolved is not None else resolved_config(cfg))
     return module
