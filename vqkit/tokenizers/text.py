@@ -411,6 +411,19 @@ def legacy_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     return renamed
 
 
+def vocabulary_shortfall(vocab_size: int, tokenizer: GQTokenizer, strings: str) -> str:
+    """Why a vocabulary exported with ``vocab_size`` holds fewer entries, and what to do (config.json, export line)."""
+    pieces = tokenizer.vocab_size - 256
+    codes = tokenizer.model.codebook_size if tokenizer.model is not None else "its"
+    source = "decode to" if strings == "decoded" else "end, on the vocabulary rows, as"
+    return (
+        f"vocab_size={vocab_size} asks for {vocab_size - 256} learned pieces beside the 256 bytes, but the model's "
+        f"{codes} codes {source} only {pieces} distinct multi-byte strings, so the vocabulary holds "
+        f"{tokenizer.vocab_size} entries; ask for vocab_size<={tokenizer.vocab_size}, or train longer or with a larger "
+        "quantizer.codebook_size for more distinct pieces"
+    )
+
+
 def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str | os.PathLike,
                            vocab_size: int | None = None, strings: str = "decoded", prune: str = "usage",
                            vocab_rows: int = 100_000, documents: Sequence[bytes] | None = None,
@@ -456,6 +469,9 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
             "strings": strings, "requested_size": vocab_size, "prune": prune,
             "rows": int(vocab_options["vocab_rows"].shape[0]),
         }
+        if vocab_size is not None and tokenizer.vocab_size < vocab_size:
+            tokenizer.extra_config["vocabulary"].update(
+                available_size=tokenizer.vocab_size, note=vocabulary_shortfall(vocab_size, tokenizer, strings))
     tokenizer.extra_config["training"] = {
         "checkpoint": ckpt_path.name, "step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
     }
