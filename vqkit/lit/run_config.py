@@ -39,7 +39,11 @@ def batch_data(batch: Any, key: str) -> Tensor:
     """The data tensor of a batch: ``batch[key]`` for mappings, the first item of tuples/lists, else the batch."""
     if isinstance(batch, Mapping):
         if key not in batch:
-            raise KeyError(f"batch has no {key!r} entry (keys: {sorted(batch)}); set model.data_key")
+            raise KeyError(
+                f"batch has no {key!r} entry (keys: {sorted(batch)}), which the model reads: the data is not of the "
+                f"model's modality; pick data that yields {key!r} batches (image: data=photos|imagenet, audio: "
+                "data=speech|audio_folder, text: data=shakespeare|text|tinystories)"
+            )
         return batch[key]
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
