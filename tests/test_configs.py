@@ -101,6 +101,8 @@ def test_group_option_composes_and_instantiates(group: str, option: str, make_co
             stories = "<|endoftext|>".join(f"Once upon a time there was a cat number {i}." for i in range(200))
             (root / f"TinyStoriesV2-GPT4-{split}.txt").write_text(stories)
         overrides += [f"data.root={root}"]
+    if group == "quantizer" and option == "gq":  # the text models' quantizer (tests/test_model_quantizer_pairs.py)
+        overrides.append("model=text_gq")
     if group == "recipe":
         overrides = recipe_overrides(option)
     if group == "trainer":

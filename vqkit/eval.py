@@ -40,14 +40,18 @@ OPTIONS = ("split", "out", "accelerator", "lpips", "fid", "save_reconstructions"
 def perceptual_metrics(lpips: bool, fid: bool) -> dict[str, Any]:
     """LPIPS and rFID metrics ``(reconstructions, images)`` in [0, 1] (lazy: they need the installed assets)."""
     metrics: dict[str, Any] = {}
-    if lpips:
-        from vqkit.metrics.perceptual import LPIPSMetric
+    try:
+        if lpips:
+            from vqkit.metrics.perceptual import LPIPSMetric
 
-        metrics["lpips"] = LPIPSMetric()
-    if fid:
-        from vqkit.metrics.fid import ReconstructionFID
+            metrics["lpips"] = LPIPSMetric(option=None)  # no eval option sets its file
+        if fid:
+            from vqkit.metrics.fid import ReconstructionFID
 
-        metrics["rfid"] = ReconstructionFID()
+            metrics["rfid"] = ReconstructionFID(option=None)
+    except FileNotFoundError as err:  # an asset is not installed: the message says how; eval can also go without
+        off = "lpips=false" if "lpips" not in metrics and lpips else "fid=false"
+        raise FileNotFoundError(f"{err} To evaluate without it, pass {off}.") from err
     return metrics
 
 

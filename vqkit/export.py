@@ -184,6 +184,9 @@ def run(cfg: DictConfig) -> int:
         return 1
     if artifact.modality == "text":
         details = f"text tokenizer, vocabulary of {artifact.vocab_size} (256 bytes + learned pieces)"
+        shortfall = artifact.config.get("vocabulary", {}).get("note")
+        if shortfall:
+            details += f" | warning: {shortfall}"
         step = artifact.config.get("training", {}).get("step")
     else:
         details = (f"{artifact.modality} tokenizer, {artifact.codebook_size} codes, {artifact.token_dim}-dim tokens, "

@@ -56,6 +56,48 @@ def test_split_is_deterministic_by_file_and_by_folder(tmp_path: Path) -> None:
     assert split_of("x", 0.5, 0.0) == split_of("x", 0.5, 0.0)
 
 
+def flat_folder(root: Path, n: int) -> Path:
+    """``n`` short files ``0.wav``, ``1.wav``, ... in one folder: at 5% / 5% their hashes leave the val split empty
+    for n = 3, 19 and 40 (and the test split for 3)."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        sf.write(root / f"{i}.wav", (0.3 * np.sin(np.arange(1600) * 0.05 * (i + 1))).astype(np.float32), 8000)
+    return root
+
+
+@pytest.mark.parametrize("n", [3, 19, 40])
+def test_small_folders_give_every_split_a_file_at_the_default_fractions(tmp_path: Path, n: int, caplog) -> None:
+    root = flat_folder(tmp_path / "a", n)
+    with caplog.at_level(logging.WARNING, logger="vqkit.data.audio"):
+        splits = AudioFolderDataModule(str(root), num_workers=0).index()  # val 5%, test 5%
+    assert all(splits.values()) and sum(len(v) for v in splits.values()) == n
+    assert len(splits["train"]) >= n - 2 - n // 10
+    assert "noisy" in caplog.text and str(root) in caplog.text  # the user is told the splits are tiny
+    assert splits == AudioFolderDataModule(str(root), num_workers=0).index()  # still deterministic
+
+
+def test_too_few_files_or_folders_are_named(tmp_path: Path) -> None:
+    root = flat_folder(tmp_path / "two", 2)
+    with pytest.raises(ValueError, match="2 readable audio files; the train, val and test splits need one each"):
+        AudioFolderDataModule(str(root), num_workers=0).index()
+    assert all(AudioFolderDataModule(str(root), num_workers=0, test_fraction=0).index().values())
+    for speaker in ("alice", "bob"):  # 6 files of 2 speakers: 2 groups when split by speaker
+        flat_folder(tmp_path / "speakers" / speaker, 3)
+    with pytest.raises(ValueError, match="2 readable audio folder groups .* set data.split_depth=0"):
+        AudioFolderDataModule(str(tmp_path / "speakers"), num_workers=0, split_depth=1).index()
+
+
+def test_a_folder_of_only_unreadable_files_says_so(tmp_path: Path) -> None:
+    root = tmp_path / "bad"
+    root.mkdir()
+    for i in range(4):
+        (root / f"{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    sf.write(root / "empty.wav", np.zeros(0, dtype=np.float32), 8000)
+    with pytest.raises(ValueError, match="none of the 5 audio files under .* can be read") as err:
+        AudioFolderDataModule(str(root), num_workers=0).index()
+    assert "empty.wav" in str(err.value) and "val_fraction" not in str(err.value)
+
+
 def test_corrupt_files_are_reported_by_path_and_skipped(tmp_path: Path, caplog) -> None:
     root = write_tree(tmp_path / "a")
     bad = root / "spk0" / "broken.wav"

@@ -163,6 +163,26 @@ def test_one_dimensional_models_give_token_sequences(tmp_path: Path, soft: bool)
         tokenizer.decode(ids.reshape(2, 2, 3))
 
 
+RESIDUAL = {"_target_": "vqkit.quantizers.ResidualQuantizer", "dim": 4, "codebook_size": 16, "num_stages": 3}
+
+
+@pytest.mark.parametrize("config", [TINY_MODEL, TINY_1D_MODEL], ids=["grid", "1d"])
+def test_residual_ids_carry_a_stage_axis(config: dict[str, Any]) -> None:
+    """Residual quantizers give (B, h, w, S) / (B, N, S) ids; any first s <= S stages decode."""
+    model = TokenizerModel.from_config({**config, "quantizer": RESIDUAL}).eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ids = model.encode(x)
+    assert ids.shape == ((2, 4, 4, 3) if model.image_size is None else (2, 6, 3)) and model.num_stages == 3
+    torch.testing.assert_close(model.decode(ids), model.reconstruct(x), atol=1e-5, rtol=0)
+    assert model.decode(ids[..., :1]).shape == x.shape
+    if model.image_size is None:
+        torch.testing.assert_close(model.decode(ids.flatten(1, 2), grid=(4, 4)), model.decode(ids))
+    with pytest.raises(ValueError, match=re.escape("s<=3")):
+        model.decode(ids[..., 0])
+    with pytest.raises(ValueError, match="1 <= s <= 3"):
+        model.decode(torch.cat([ids, ids[..., :1]], dim=-1))
+
+
 def test_image_inputs_tensor_single_pil_and_path(artifact: Path, tmp_path: Path) -> None:
     tokenizer = load_tokenizer(artifact)
     assert tokenizer.codebook_size == 16 and tokenizer.token_dim == 4 and not tokenizer.soft

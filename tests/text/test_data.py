@@ -67,6 +67,44 @@ def test_text_files_split_and_non_utf8_file(tmp_path: Path, caplog) -> None:
     assert batch["bytes"].shape == (4, 8) and int(batch["bytes"].max()) <= PAD_ID
 
 
+@pytest.mark.parametrize("segmentation", ["within", "across"])
+def test_a_file_without_newlines_still_holds_out_val_and_test_text(tmp_path: Path, segmentation: str) -> None:
+    text = "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer. " * 20
+    (tmp_path / "one_line.txt").write_text(text)
+    dm = TextFilesDataModule(paths=[str(tmp_path / "one_line.txt")], row_len=8, batch_size=4,
+                             segmentation=segmentation)
+    dm.setup()
+    assert all(len(dm.datasets[name]) > 0 for name in ("train", "val", "test"))
+    parts = [unpad(dm.datasets[name].rows.numpy()) for name in ("train", "val", "test")]
+    assert sorted(b"".join(parts)) == sorted(text.encode())  # every byte once, none lost at the cuts
+    assert 0.05 < len(parts[1] + parts[2]) / len(text) < 0.15  # the held-out tenth
+
+
+def test_short_and_multibyte_documents_split_at_characters() -> None:
+    assert split_document(b"ab", 0.1) == (b"ab", b"", b"")  # too short to hold anything out
+    for text in ["abc", "ab€", "é€ü", "one line\n", "line\n" * 3, "ünïcödé wörds " * 5]:
+        parts = split_document(text.encode(), 0.1)
+        assert b"".join(parts) == text.encode() and all(parts), (text, parts)
+        assert "".join(p.decode() for p in parts) == text  # no cut inside a character
+    lines = b"line one\n" * 30  # enough lines: every cut stays after a newline
+    assert all(p.endswith(b"\n") for p in split_document(lines, 0.2))
+
+
+def test_empty_or_too_short_text_files_are_named(tmp_path: Path, caplog) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match=r"every text file is empty \(.*empty.txt\)"):
+        TextFilesDataModule(paths=[str(tmp_path / "empty.txt")], row_len=8).setup()
+    (tmp_path / "tiny.txt").write_text("hi")
+    with pytest.raises(ValueError, match=r"tiny.txt\) is too short to hold out validation and test text.*3 characters"):
+        TextFilesDataModule(paths=[str(tmp_path / "tiny.txt")], row_len=8).setup()
+    (tmp_path / "text.txt").write_text("Some real text to train on.\n" * 20)
+    with caplog.at_level(logging.WARNING, logger="vqkit.data.text"):
+        dm = TextFilesDataModule(paths=[str(tmp_path)], row_len=8)
+        dm.setup()
+    assert "skipping 1 empty text files" in caplog.text and "empty.txt" in caplog.text
+    assert all(len(dm.datasets[name]) > 0 for name in ("train", "val", "test"))
+
+
 def test_missing_paths_are_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="text path not found"):
         read_documents([tmp_path / "nope"])

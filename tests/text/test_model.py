@@ -16,6 +16,7 @@ from vqkit.metrics import BytesPerToken, ExactTokens, SegmentByteAccuracy
 from vqkit.modalities.text import ByteEncoder, SegmentDecoder, predicted_lengths, window_targets
 from vqkit.modalities.text_bytes import PAD_ID
 from vqkit.models import ModelOutput, TextTokenizer
+from vqkit.models.compat import IncompatibleQuantizerError
 from vqkit.quantizers import GatedQuantizer, GatedQuantizerOutput, build_quantizer
 from vqkit.quantizers.gq import enforce_max_length, segment_lengths, segment_mask
 
@@ -222,7 +223,7 @@ def test_encode_gives_the_codes_of_the_tokens() -> None:
 
 def test_text_model_needs_the_gated_quantizer() -> None:
     encoder, decoder = ByteEncoder(8, 16, 1, 2), SegmentDecoder(8, 16, 1, K)
-    with pytest.raises(TypeError, match="quantizer=gq"):
+    with pytest.raises(IncompatibleQuantizerError, match="cannot use quantizer=vq .*quantizer=gq"):
         TextTokenizer(encoder, decoder, build_quantizer("vq", dim=8, codebook_size=16))
     with pytest.raises(ValueError, match="max_token_len"):
         TextTokenizer(encoder, SegmentDecoder(8, 16, 1, K + 1), gated())

@@ -97,6 +97,18 @@ def test_decode_arbitrary_ids_never_crashes(ids: list[int]) -> None:
     assert isinstance(tok.decode(ids), str)
 
 
+def test_lone_surrogates_are_refused_naming_the_first_and_the_fixes() -> None:
+    tok = vocab_tokenizer()
+    with pytest.raises(ValueError, match=r"2 lone surrogate\(s\), the first U\+D800 at index 5.*encode_bytes") as err:
+        tok.encode("lone \ud800 and \udcff surrogates")
+    assert "text.encode('utf-16', 'surrogatepass').decode('utf-16')" in str(err.value)
+    text = "smile \ud83d\ude00"  # one character written as two UTF-16 halves: the fix the message gives works
+    joined = text.encode("utf-16", "surrogatepass").decode("utf-16")
+    assert joined == "smile \U0001F600" and tok.decode(tok.encode(joined)) == joined
+    raw = b"caf\xe9 latin-1".decode("utf-8", errors="surrogateescape")  # undecodable bytes as lone surrogates
+    assert tok.decode_bytes(tok.encode_bytes(raw.encode("utf-8", "surrogateescape"))) == b"caf\xe9 latin-1"
+
+
 def test_bad_ids_and_inputs_are_reported() -> None:
     tok = vocab_tokenizer()
     with pytest.raises(ValueError, match="not an integer in"):

@@ -124,3 +124,17 @@ def test_export_cli_prunes_to_a_vocabulary_size(make_text_config, tmp_path: Path
     assert export_main([f"ckpt_path={result['checkpoint']}", f"out={pruned}", "vocab_size=300",
                         f"vocab_text={missing}"]) == 1
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_export_says_when_the_model_has_fewer_pieces_than_vocab_size(make_text_config, tmp_path: Path,
+                                                                      capsys) -> None:
+    result = train(make_text_config("model=text_gq", "trainer.max_steps=3", "test=false"))
+    out = tmp_path / "big"  # 32 codes cannot give 1000 - 256 distinct pieces
+    assert export_main([f"ckpt_path={result['checkpoint']}", f"out={out}", "vocab_size=1000", "vocab_rows=500"]) == 0
+    tok = vqkit.load_tokenizer(out)
+    line = capsys.readouterr().out
+    assert tok.vocab_size < 1000 and f"vocabulary of {tok.vocab_size}" in line
+    assert "warning: vocab_size=1000 asks for 744 learned pieces" in line and "32 codes" in line
+    vocabulary = json.loads((out / "config.json").read_text())["vocabulary"]
+    assert vocabulary["available_size"] == tok.vocab_size and vocabulary["note"] in line
+    assert tok.config["vocabulary"]["note"] == vocabulary["note"]  # the loaded tokenizer's info keeps it

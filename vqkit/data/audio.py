@@ -9,7 +9,11 @@ Splits (deterministic, by file). A file goes to test if ``u < test_fraction``, t
 ``u < test_fraction + val_fraction``, else to train, where ``u`` is a hash of its *group*
 mapped to [0, 1): the group is the relative path of the file (``split_depth`` = 0) or its
 first ``split_depth`` folders (``split_depth`` = 1 for LibriSpeech keeps every speaker on
-one side). The split of a file never depends on which other files exist.
+one side). The split of a file never depends on which other files exist, except in small
+folders: when the hashes leave a split empty, the group of the largest split whose ``u`` lies
+nearest the empty split's range moves to it (with a warning), so every split holds a file as
+soon as there are 3 groups (2 with ``test_fraction`` = 0). Fewer groups, or no readable file
+at all, is an error that says so.
 
 Samples. Batches are ``{"audio": (B, 1, L) float32 in [-1, 1]}`` with ``L = segment_seconds *
 sample_rate``. Training: each item is a random crop of one file (shorter files are zero-padded
@@ -67,12 +71,45 @@ class AudioFile:
     channels: int
 
 
+def _unit(group: str) -> float:
+    """A hash of a group name mapped to [0, 1) (stable across runs and machines)."""
+    return int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2**64
+
+
 def split_of(group: str, val_fraction: float, test_fraction: float) -> str:
     """``"train"``, ``"val"`` or ``"test"`` for a group name, from a hash of it (stable across runs and machines)."""
-    u = int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2**64
+    u = _unit(group)
     if u < test_fraction:
         return "test"
     return "val" if u < test_fraction + val_fraction else "train"
+
+
+def assign_splits(groups: list[str], val_fraction: float, test_fraction: float) -> tuple[dict[str, str], list[str]]:
+    """The split of every group (``split_of``), with no needed split left empty when there are enough groups.
+
+    The needed splits are train, val and test (train and val with ``test_fraction`` = 0). A needed split the
+    hashes leave empty receives the group of the largest split whose hash lies nearest its range.
+
+    Returns:
+        ``({group: split}, the groups moved)``; with fewer groups than needed splits, some stay empty.
+    """
+    needed = ("train", "val", "test") if test_fraction > 0 else ("train", "val")
+    ranges = {"test": (0.0, test_fraction), "val": (test_fraction, test_fraction + val_fraction),
+              "train": (test_fraction + val_fraction, 1.0)}
+    assignment = {g: split_of(g, val_fraction, test_fraction) for g in sorted(set(groups))}
+    moved: list[str] = []
+    if len(assignment) < len(needed):
+        return assignment, moved
+    for split in needed:
+        if split in assignment.values():
+            continue
+        donor = max(needed, key=lambda s: sum(v == s for v in assignment.values()))
+        low, high = ranges[split]
+        group = min((g for g, v in assignment.items() if v == donor),
+                    key=lambda g: (max(low - _unit(g), _unit(g) - high, 0.0), g))
+        assignment[group] = split
+        moved.append(group)
+    return assignment, moved
 
 
 def find_audio_files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
@@ -252,34 +289,63 @@ class AudioFolderDataModule(L.LightningDataModule):
         paths = find_audio_files(self.root, self.exclude)
         if not paths:
             raise ValueError(f"no audio files ({' '.join(AUDIO_EXTENSIONS)}) found under {self.root}. {HOW_TO}")
-        by_split: dict[str, list[AudioFile]] = {"train": [], "val": [], "test": []}
+        readable: list[AudioFile] = []
         self.unreadable = []
         for path in paths:
             relative = path.relative_to(self.root).as_posix()
             try:
                 info = sf.info(str(path))
                 if info.frames <= 0 or info.samplerate <= 0:
-                    raise ValueError(f"{info.frames} frames at {info.samplerate} Hz")
+                    raise ValueError(f"it holds no audio ({info.frames} frames at {info.samplerate} Hz): an empty "
+                                     "recording")
             except (sf.LibsndfileError, RuntimeError, ValueError) as err:
                 self.unreadable.append(str(path))
                 log.warning("skipping unreadable audio file %s (%s: %s)", path, type(err).__name__, err)
                 continue
-            split = split_of(self._group(relative), self.val_fraction, self.test_fraction)
-            by_split[split].append(AudioFile(str(path), relative, info.samplerate, info.frames, info.channels))
+            readable.append(AudioFile(str(path), relative, info.samplerate, info.frames, info.channels))
+        if not readable:
+            shown = "\n".join(self.unreadable[:20]) + ("\n..." if len(self.unreadable) > 20 else "")
+            raise ValueError(
+                f"none of the {len(paths)} audio files under {self.root} can be read (empty, truncated or not "
+                f"audio; the warnings above say why for each); re-encode them, e.g. as 16-bit WAV. Files:\n{shown}"
+            )
         if len(self.unreadable) > self.max_corrupt:
             raise RuntimeError(
                 f"{len(self.unreadable)} unreadable audio files under {self.root}, more than data.max_corrupt="
                 f"{self.max_corrupt}. Delete or re-encode them, or raise data.max_corrupt. Files:\n"
                 + "\n".join(self.unreadable)
             )
+        return self._split(readable)
+
+    def _split(self, files: list[AudioFile]) -> dict[str, list[AudioFile]]:
+        """The readable files of each split (``assign_splits`` over their groups); too few groups is an error."""
+        groups = [self._group(f.relative) for f in files]
+        assignment, moved = assign_splits(groups, self.val_fraction, self.test_fraction)
+        needed = 3 if self.test_fraction > 0 else 2
+        if len(assignment) < needed:
+            unit = f"folder groups (data.split_depth={self.split_depth})" if self.split_depth > 0 else "files"
+            fixes = ["add audio files"]
+            if self.split_depth > 0 and len(files) >= needed:
+                fixes.append("set data.split_depth=0 to split by file")
+            if self.test_fraction > 0:
+                fixes.append("set data.test_fraction=0 to test on the validation split (2 are then enough)")
+            splits = "train, val and test splits" if needed == 3 else "train and val splits"
+            raise ValueError(
+                f"{self.root} has {len(assignment)} readable audio {unit}; the {splits} need one each, "
+                f"{needed} at least: {', or '.join(fixes)}"
+            )
+        by_split: dict[str, list[AudioFile]] = {"train": [], "val": [], "test": []}
+        for file, group in zip(files, groups, strict=True):
+            by_split[assignment[group]].append(file)
+        if moved:
+            log.warning(
+                "audio under %s: only %d files; data.val_fraction=%g / data.test_fraction=%g left a split empty, so "
+                "%s moved to it. Metrics of such tiny splits are noisy: add files for a meaningful evaluation",
+                self.root, len(files), self.val_fraction, self.test_fraction,
+                ", ".join(f"{g} ({assignment[g]})" for g in moved),
+            )
         if self.test_fraction == 0:
             by_split["test"] = by_split["val"]
-        for name, files in by_split.items():
-            if not files:
-                raise ValueError(
-                    f"the {name} split of {self.root} is empty ({len(paths)} files found); add files or change "
-                    "data.val_fraction / data.test_fraction"
-                )
         return by_split
 
     def setup(self, stage: str | None = None) -> None:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from vqkit.modalities.text_bytes import (
     SEGMENTATIONS,
     read_documents,
+    text_files,
     text_rows,
 )
 
@@ -109,9 +110,10 @@ class ByteTextDataModule(L.LightningDataModule):
         self.splits = self.load_splits()
         for name in ("train", "val", "test"):
             docs = getattr(self.splits, name)
-            if not docs:
-                raise ValueError(f"the {name} split of {type(self).__name__} holds no text")
             rows = text_rows(docs, self.row_len, self.segmentation)
+            if not rows.shape[0]:
+                raise ValueError(f"the {name} split of {type(self).__name__} holds no text ({len(docs)} documents, all "
+                                 "empty); give it files that hold text")
             limit = self.max_train_rows if name == "train" else self.max_eval_rows
             if limit is not None and rows.shape[0] > limit:
                 if name == "train":
@@ -145,26 +147,57 @@ class ByteTextDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
+MIN_SPLIT_CHARACTERS = 3  # a document shorter than this is training text only: it cannot give val and test a part
+
+
 def split_document(data: bytes, held_out_fraction: float) -> tuple[bytes, bytes, bytes]:
-    """(train, val, test) parts of one document: the last ``held_out_fraction`` of it, cut at newlines,
-    is halved into val and test."""
+    """(train, val, test) parts of one document: its last ``held_out_fraction`` is halved into val and test.
+
+    Each cut falls after the first newline at or past its target; where no newline is left for that (a file
+    of one line, or a held-out part of one line) it falls at the character nearest the target instead, so
+    every part holds text once the document has ``MIN_SPLIT_CHARACTERS`` characters (shorter: all train).
+    """
     if not 0.0 < held_out_fraction < 1.0:
         raise ValueError(f"held_out_fraction must lie in (0, 1), got {held_out_fraction}")
-
-    def cut(at: int) -> int:
-        newline = data.find(b"\n", at)
-        return len(data) if newline < 0 else newline + 1
-
-    train_end = cut(int(len(data) * (1.0 - held_out_fraction)))
-    val_end = cut(train_end + (len(data) - train_end) // 2)
+    n = len(data)
+    if n < 4 * MIN_SPLIT_CHARACTERS and sum(not _inside_character(data, i) for i in range(n)) < MIN_SPLIT_CHARACTERS:
+        return data, b"", b""
+    last = _character_start(data, n - 1, -1)
+    train_end = _cut(data, int(n * (1.0 - held_out_fraction)), _character_start(data, 1, 1),
+                     _character_start(data, last - 1, -1))
+    val_end = _cut(data, train_end + (n - train_end) // 2, _character_start(data, train_end + 1, 1), last)
     return data[:train_end], data[train_end:val_end], data[val_end:]
+
+
+def _inside_character(data: bytes, i: int) -> bool:
+    """True when byte ``i`` is a UTF-8 continuation byte (10xxxxxx): inside a multi-byte character."""
+    return 0x80 <= data[i] < 0xC0
+
+
+def _character_start(data: bytes, i: int, step: int) -> int:
+    """The first position from ``i`` on, moving by ``step`` (1 or -1), where a character starts."""
+    while 0 < i < len(data) and _inside_character(data, i):
+        i += step
+    return i
+
+
+def _cut(data: bytes, at: int, low: int, high: int) -> int:
+    """A cut in [low, high] (character starts): after the first newline in [at, high), else the character start
+    nearest ``at``."""
+    at = min(max(at, low), high)
+    newline = data.find(b"\n", at, high)
+    if newline >= 0:
+        return newline + 1
+    cut = _character_start(data, at, -1)
+    return cut if cut >= low else min(_character_start(data, at, 1), high)
 
 
 class TextFilesDataModule(ByteTextDataModule):
     """Any text files or folders: ``data=text data.paths=[corpus/,notes.txt]``.
 
-    Each file's last ``held_out_fraction`` (cut at a newline) is held out and halved into the
-    validation and test splits, so the split is deterministic and independent of file order.
+    Each file's last ``held_out_fraction`` (cut at a newline; at a character in files of too few
+    lines, see ``split_document``) is held out and halved into the validation and test splits, so
+    the split is deterministic and independent of file order. Empty files are skipped (logged).
 
     Args:
         paths: files or folders (see ``read_documents``).
@@ -188,12 +221,26 @@ class TextFilesDataModule(ByteTextDataModule):
         self.held_out_fraction = held_out_fraction
 
     def load_splits(self) -> TextSplits:
+        files = text_files(self.paths, self.extensions)
+        documents = read_documents(files)
+        empty = [str(f) for f, doc in zip(files, documents, strict=True) if not doc]
+        if len(empty) == len(files):
+            raise ValueError(f"data.paths: every text file is empty ({', '.join(empty[:10])}); point data.paths at "
+                             "files that hold text")
+        if empty:
+            log.warning("skipping %d empty text files: %s", len(empty), ", ".join(empty[:10]))
         splits = TextSplits([], [], [])
-        for doc in read_documents(self.paths, self.extensions):
-            train, val, test = split_document(doc, self.held_out_fraction)
-            splits.train.append(train)
-            splits.val.append(val)
-            splits.test.append(test)
+        for doc in documents:
+            if doc:
+                train, val, test = split_document(doc, self.held_out_fraction)
+                splits.train.append(train)
+                splits.val.append(val)
+                splits.test.append(test)
+        if not any(splits.val):
+            raise ValueError(
+                f"the text of data.paths ({', '.join(str(f) for f in files[:10])}) is too short to hold out validation "
+                f"and test text: each file needs {MIN_SPLIT_CHARACTERS} characters at least; add text"
+            )
         return splits
 
 

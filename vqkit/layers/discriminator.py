@@ -78,6 +78,6 @@ class NLayerDiscriminator(nn.Module):
         if images.dim() != 4 or min(images.shape[-2:]) < self.min_size:
             raise ValueError(
                 f"expected images (B, C, H, W) with H, W >= {self.min_size}, got {tuple(images.shape)}; "
-                "use fewer discriminator layers (model.discriminator.num_layers) for small images"
+                "use fewer discriminator layers (module.discriminator.num_layers) for small images"
             )
         return self.net(images)

@@ -9,6 +9,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from vqkit.models.compat import check_model_config
+
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The run config with every interpolation resolved, without Hydra's own ``hydra`` node."""
@@ -27,6 +29,7 @@ def module_from_config(cfg: Any, resolved: dict[str, Any] | None = None) -> Any:
     """
     from hydra.utils import instantiate
 
+    check_model_config(cfg.model)  # a model x quantizer pair that cannot work is refused before anything is built
     module = instantiate(cfg.module, model=instantiate(cfg.model))
     module.attach_config(resolved if resolved is not None else resolved_config(cfg))
     return module
@@ -36,7 +39,11 @@ def batch_data(batch: Any, key: str) -> Tensor:
     """The data tensor of a batch: ``batch[key]`` for mappings, the first item of tuples/lists, else the batch."""
     if isinstance(batch, Mapping):
         if key not in batch:
-            raise KeyError(f"batch has no {key!r} entry (keys: {sorted(batch)}); set model.data_key")
+            raise KeyError(
+                f"batch has no {key!r} entry (keys: {sorted(batch)}), which the model reads: the data is not of the "
+                f"model's modality; pick data that yields {key!r} batches (image: data=photos|imagenet, audio: "
+                "data=speech|audio_folder, text: data=shakespeare|text|tinystories)"
+            )
         return batch[key]
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 

@@ -45,14 +45,16 @@ class LPIPS(nn.Module):
     Args:
         weights_path: a safetensors file with ``features.{i}.weight/bias`` and ``lin{k}.weight``; None
             uses the installed asset ``lpips_vgg16.safetensors``.
+        option: the option that sets ``weights_path``, named in the error messages: this argument by default,
+            a config key where a config builds the module, None where nothing can set it.
 
     Raises:
         FileNotFoundError: the weights file is missing (the message says how to install it).
     """
 
-    def __init__(self, weights_path: str | Path | None = None) -> None:
+    def __init__(self, weights_path: str | Path | None = None, option: str | None = "weights_path") -> None:
         super().__init__()
-        state = load_file(str(resolve_weights(LPIPS_VGG16, weights_path)))
+        state = load_file(str(resolve_weights(LPIPS_VGG16, weights_path, option)))
         with torch.device("meta"):  # no random init: every parameter is assigned from the file below
             self.features = torchvision.models.vgg16(weights=None).features[: TAPS[-1] + 1]
             self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in CHANNELS)
@@ -108,7 +110,7 @@ class LPIPSLoss(LossTerm):
 
     def __init__(self, weight: float = 1.0, warmup_steps: int = 0, weights_path: str | Path | None = None) -> None:
         super().__init__(weight, warmup_steps)
-        self.net = LPIPS(weights_path)
+        self.net = LPIPS(weights_path, option="module.losses.lpips.weights_path")
 
     def forward(self, batch: LossInputs) -> Tensor:
         return self.net(batch.output.reconstruction.float(), batch.inputs.float()).float().mean()

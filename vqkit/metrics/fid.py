@@ -99,6 +99,7 @@ class InceptionFID(Metric):
     Args:
         weights_path: the TorchScript Inception file; None uses the installed asset ``fid_inception_v3.pt``.
         quantize: round images to 8 bits before resizing, as for images read from PNG/JPEG files.
+        option: the option named in the error messages as the one setting ``weights_path`` (None: none can).
         **kwargs: ``torchmetrics.Metric`` options.
 
     Raises:
@@ -109,10 +110,11 @@ class InceptionFID(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, weights_path: str | Path | None = None, quantize: bool = True, **kwargs) -> None:
+    def __init__(self, weights_path: str | Path | None = None, quantize: bool = True,
+                 option: str | None = "weights_path", **kwargs) -> None:
         super().__init__(**kwargs)
         self.quantize = quantize
-        self.inception = torch.jit.load(str(resolve_weights(FID_INCEPTION, weights_path)), map_location="cpu")
+        self.inception = torch.jit.load(str(resolve_weights(FID_INCEPTION, weights_path, option)), map_location="cpu")
         for parameter in self.inception.parameters():
             parameter.requires_grad_(False)
         self.inception.eval()

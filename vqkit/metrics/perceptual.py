@@ -19,6 +19,7 @@ class LPIPSMetric(Metric):
 
     Args:
         weights_path: LPIPS safetensors file; None uses the installed asset (see ``vqkit.tools.assets``).
+        option: the option named in the error messages as the one setting ``weights_path`` (see ``LPIPS``).
         **kwargs: ``torchmetrics.Metric`` options.
 
     Raises:
@@ -29,9 +30,10 @@ class LPIPSMetric(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, weights_path: str | Path | None = None, **kwargs) -> None:
+    def __init__(self, weights_path: str | Path | None = None, option: str | None = "weights_path",
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        self.lpips = LPIPS(weights_path)
+        self.lpips = LPIPS(weights_path, option)
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 

@@ -90,7 +90,27 @@ def text_rows(documents: Sequence[bytes], row_len: int, segmentation: str) -> np
 
 
 def read_documents(paths: Sequence[str | Path], extensions: Sequence[str] | None = (".txt", ".md")) -> list[bytes]:
-    """Bytes of every file in ``paths`` (folders are walked recursively, sorted, hidden entries skipped).
+    """Bytes of every file in ``paths`` (``text_files``); files that are not valid UTF-8 are logged, kept as they are.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or the folders hold no matching file.
+    """
+    files = text_files(paths, extensions)
+    documents = [f.read_bytes() for f in files]
+    invalid = [str(f) for f, d in zip(files, documents, strict=True) if not decode_lossless(d)[1]]
+    if invalid:
+        log.warning(
+            "%d of %d files are not valid UTF-8 and are used byte for byte: %s",
+            len(invalid),
+            len(files),
+            ", ".join(invalid[:5]) + (" ..." if len(invalid) > 5 else ""),
+        )
+    return documents
+
+
+def text_files(paths: Sequence[str | Path] | str | Path,
+               extensions: Sequence[str] | None = (".txt", ".md")) -> list[Path]:
+    """The files ``paths`` name (folders are walked recursively, sorted, hidden entries skipped).
 
     Args:
         paths: files or folders.
@@ -120,13 +140,4 @@ def read_documents(paths: Sequence[str | Path], extensions: Sequence[str] | None
             files.extend(found)
         else:
             raise FileNotFoundError(f"text path not found: {path}; pass existing files or folders in data.paths")
-    documents = [f.read_bytes() for f in files]
-    invalid = [str(f) for f, d in zip(files, documents, strict=True) if not decode_lossless(d)[1]]
-    if invalid:
-        log.warning(
-            "%d of %d files are not valid UTF-8 and are used byte for byte: %s",
-            len(invalid),
-            len(files),
-            ", ".join(invalid[:5]) + (" ..." if len(invalid) > 5 else ""),
-        )
-    return documents
+    return files

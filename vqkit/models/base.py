@@ -35,6 +35,7 @@ from vqkit.models.artifact import (
     vqkit_version,
     write_atomically,
 )
+from vqkit.models.compat import check_pair
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
 
 
@@ -97,6 +98,7 @@ class TokenizerModel(nn.Module, ModelHubMixin):
         normalization: ``{mean, std, range}`` of the data (see ``Normalization``).
 
     Raises:
+        IncompatibleQuantizerError: a quantizer this model cannot decode (``vqkit.models.compat``).
         ValueError: the encoder's width differs from the quantizer's.
     """
 
@@ -111,6 +113,7 @@ class TokenizerModel(nn.Module, ModelHubMixin):
         normalization: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_pair(type(self), type(quantizer))
         latent_dim = getattr(encoder, "latent_dim", quantizer.dim)
         if latent_dim != quantizer.dim:
             raise ValueError(

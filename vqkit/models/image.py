@@ -31,15 +31,17 @@ class ImageTokenizer(TokenizerModel):
     is a 1-D model (``image_size`` is then also the only input size); otherwise the encoder
     returns the token grid (h, w) = (H/f, W/f) and any multiple of f works.
 
-    Shapes (D = ``token_dim``):
+    Shapes (D = ``token_dim``, S = ``num_stages`` of residual quantizers):
         - ``encode(images)``: hard quantizers -> ids, int64 (B, h, w) for grid models and
-          (B, N) for 1-D models; soft quantizers -> float tokens (B, h, w, D) or (B, N, D),
-          the soft mixes the decoder was trained on.
+          (B, N) for 1-D models, with a last stage axis for residual quantizers: (B, h, w, S)
+          or (B, N, S); soft quantizers -> float tokens (B, h, w, D) or (B, N, D), the soft
+          mixes the decoder was trained on.
         - ``encode_ids(images)``: the ids, for soft quantizers the argmax code of each token.
         - ``decode(codes)``: ids or tokens shaped as ``encode`` returns them -> images
-          (B, 3, H, W) in the config's data range ([0, 1]). A grid model also decodes flat
-          ids (B, h*w) or tokens (B, h*w, D), as an autoregressive model emits them, given
-          ``grid=(h, w)``: ``decode(ids.flatten(1), grid=(h, w))``.
+          (B, 3, H, W) in the config's data range ([0, 1]); residual ids may keep only their
+          first s <= S stages (``ids[..., :s]``). A grid model also decodes flat ids (B, h*w)
+          (residual: (B, h*w, s)) or tokens (B, h*w, D), as an autoregressive model emits
+          them, given ``grid=(h, w)``: ``decode(ids.flatten(1, 2), grid=(h, w))``.
 
     Args:
         encoder: image encoder ``images (B, 3, H, W) -> (tokens (B, N, D), shape)``.
@@ -59,14 +61,23 @@ class ImageTokenizer(TokenizerModel):
         fixed = getattr(decoder, "image_size", None)
         self.image_size: tuple[int, int] | None = (int(fixed[0]), int(fixed[1])) if fixed is not None else None
 
+    @property
+    def num_stages(self) -> int | None:
+        """Ids per token of residual (multi-stage) quantizers, on the ids' last axis; None for one id per token."""
+        return self.quantizer.num_stages
+
+    @property
+    def _stage_tail(self) -> str:
+        return f", s<={self.num_stages}" if self.num_stages is not None else ""
+
     @torch.no_grad()
     def encode(self, images: ImageInput) -> Tensor:
-        """Images -> ids (B, h, w) / (B, N) int64 for hard quantizers, tokens (..., D) for soft ones."""
+        """Images -> ids (B, h, w) / (B, N) int64 (residual: + S) for hard quantizers, tokens (..., D) for soft ones."""
         return self._encode(images, ids=not self.soft)
 
     @torch.no_grad()
     def encode_ids(self, images: ImageInput) -> Tensor:
-        """Images -> ids (B, h, w) or (B, N) int64; for soft quantizers the argmax code of each token."""
+        """Images -> ids (B, h, w) or (B, N) int64 (residual: + S); soft quantizers: the argmax code of each token."""
         return self._encode(images, ids=True)
 
     @torch.no_grad()
@@ -75,7 +86,7 @@ class ImageTokenizer(TokenizerModel):
 
         Args:
             codes: integer ids or float tokens, on any device.
-            grid: (h, w) of flat codes, ids (B, h*w) or tokens (B, h*w, D); grid models only.
+            grid: (h, w) of flat codes, ids (B, h*w) (residual: (B, h*w, s)) or tokens (B, h*w, D); grid models only.
 
         Raises:
             ValueError: wrong shape, or ids outside [0, codebook_size) (from the quantizer).
@@ -87,15 +98,19 @@ class ImageTokenizer(TokenizerModel):
                 f"decode got an empty batch (B = 0) of codes, shape {tuple(codes.shape)}; pass the codes of at least "
                 "one image (one image's ids (h, w): codes[None])"
             )
-        per_token = (self.token_dim,) if codes.is_floating_point() else ()
-        tail = ", D" * len(per_token)
+        if codes.is_floating_point():
+            per_token, tail = (self.token_dim,), ", D"
+        elif self.num_stages is not None:  # residual ids: the first s <= S stages on a last axis (checked in decode)
+            per_token, tail = (codes.shape[-1] if codes.dim() else 0,), self._stage_tail
+        else:
+            per_token, tail = (), ""
         if self.image_size is not None:
             if grid is not None:
                 raise ValueError("grid is for 2-D tokenizers; this 1-D tokenizer decodes (B, N) ids as they are")
             if codes.dim() != 2 + len(per_token) or tuple(codes.shape[2:]) != per_token:
                 raise ValueError(
-                    f"this 1-D tokenizer decodes ids (B, N) or tokens (B, N, {self.token_dim}), got {codes.dtype} "
-                    f"{tuple(codes.shape)}"
+                    f"this 1-D tokenizer decodes ids (B, N{self._stage_tail}) or tokens (B, N, {self.token_dim}), "
+                    f"got {codes.dtype} {tuple(codes.shape)}"
                 )
             shape = self.image_size
         else:
@@ -108,12 +123,12 @@ class ImageTokenizer(TokenizerModel):
                 codes = codes.reshape(codes.shape[0], h, w, *per_token)
             if codes.dim() != 3 + len(per_token) or tuple(codes.shape[3:]) != per_token:
                 raise ValueError(
-                    f"decode expects ids (B, h, w) or tokens (B, h, w, {self.token_dim}), got {codes.dtype} "
-                    f"{tuple(codes.shape)}; pass flat codes (B, h*w{tail}) as decode(codes, grid=(h, w))"
+                    f"decode expects ids (B, h, w{self._stage_tail}) or tokens (B, h, w, {self.token_dim}), got "
+                    f"{codes.dtype} {tuple(codes.shape)}; pass flat codes (B, h*w{tail}) as decode(codes, grid=(h, w))"
                 )
             shape = tuple(codes.shape[1:3])
         codes = codes.to(self.device).reshape(codes.shape[0], -1, *per_token)
-        tokens = codes if per_token else self.quantizer.decode(codes)
+        tokens = codes if codes.is_floating_point() else self.quantizer.decode(codes)
         return self.denormalize(self.decoder(tokens, shape))
 
     def _encode(self, images: ImageInput, ids: bool) -> Tensor:
@@ -142,7 +157,8 @@ class ImageTokenizer(TokenizerModel):
         else:
             token_shape = (n,)
         if ids:
-            return self.quantizer.encode(tokens).reshape(b, *token_shape)
+            codes = self.quantizer.encode(tokens)  # (B, N), or (B, N, S) for residual quantizers
+            return codes.reshape(b, *token_shape, *codes.shape[2:])
         return self.quantizer(tokens).z_q.reshape(b, *token_shape, d)
 
 

@@ -20,7 +20,6 @@ from vqkit.modalities.text import predicted_lengths, window_targets
 from vqkit.modalities.text_bytes import PAD_ID
 from vqkit.models.base import ModelOutput, TokenizerModel
 from vqkit.quantizers.base import Quantizer
-from vqkit.quantizers.gq import GatedQuantizer
 
 
 class TextTokenizer(TokenizerModel):
@@ -45,7 +44,7 @@ class TextTokenizer(TokenizerModel):
         normalization: must be the identity (accepted for the common config layout).
 
     Raises:
-        TypeError: the quantizer is not the gated quantizer.
+        IncompatibleQuantizerError: the quantizer is not the gated quantizer (``vqkit.models.compat``).
         ValueError: the decoder and quantizer disagree on ``max_token_len``, or a normalization is set.
     """
 
@@ -54,11 +53,7 @@ class TextTokenizer(TokenizerModel):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer,
                  normalization: Mapping[str, Any] | None = None) -> None:
-        if not isinstance(quantizer, GatedQuantizer):
-            raise TypeError(
-                f"a text model needs the gated quantizer (quantizer=gq; choose its codebook with quantizer.inner=vq "
-                f"or ema_vq), got {type(quantizer).__name__}"
-            )
+        super().__init__(encoder, decoder, quantizer, None)  # refuses any quantizer but the gated one
         if getattr(decoder, "max_token_len", quantizer.max_token_len) != quantizer.max_token_len:
             raise ValueError(
                 f"the decoder's max_token_len ({decoder.max_token_len}) differs from the quantizer's "
@@ -68,7 +63,6 @@ class TextTokenizer(TokenizerModel):
         if normalization and (normalization.get("mean", 0.0) != 0.0 or normalization.get("std", 1.0) != 1.0):
             raise ValueError(f"text models take byte ids as they are; normalization must be the identity, got "
                              f"{dict(normalization)}")
-        super().__init__(encoder, decoder, quantizer, None)
 
     @property
     def max_token_len(self) -> int:

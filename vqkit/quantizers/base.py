@@ -67,6 +67,9 @@ class Quantizer(nn.Module, ABC):
     # None: one id per token, indices (B, N) and codebook (K, C). An int S (multi-stage, e.g. residual):
     # S ids per token, indices (B, N, S), codebook (S, K, C), and decode takes ids (..., S).
     num_stages: int | None = None
+    # True: ``mask`` of the output marks the positions that end a token (a subset of the input's), ids are -1
+    # elsewhere: tokens of variable length (the gated quantizer), which only the text models decode.
+    variable_tokens: bool = False
 
     @abstractmethod
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:

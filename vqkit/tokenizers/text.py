@@ -1,13 +1,14 @@
 """GQTokenizer: a trained GQ-VAE as a lossless, deterministic text tokenizer (drop-in for BPE).
 
 Vocabulary (exported once from a checkpoint, ``vqkit.tokenizers.text_vocab``): ids 0..255 are the
-single bytes (the fallback that makes every string encodable); ids 256.. are the distinct multi-byte
+single bytes (the fallback that makes any bytes encodable); ids 256.. are the distinct multi-byte
 strings the codes stand for: by default each code decoded alone with the length head choosing how many
 bytes it stands for (codes that decode to a single byte or to a string already listed add nothing);
 optionally pruned to a chosen vocabulary size by the tokens each string saves on training text.
 Decoding is concatenation.
 
-Encoding, two modes (``mode``), both lossless for every string:
+Encoding, two modes (``mode``), both lossless for every str without lone surrogates (``encode`` refuses
+those, which UTF-8 cannot hold) and for any bytes (``encode_bytes``):
 
 ``vocab`` (default): the text is cut into GPT-2 pre-tokens (or kept whole for a tokenizer trained
     ``across`` pre-tokens); each is segmented into the fewest vocabulary entries (dynamic programming;
@@ -193,18 +194,30 @@ class GQTokenizer:
         return ids
 
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text``; ``decode(encode(text)) == text`` for every str.
+        """Ids of ``text``; ``decode(encode(text)) == text`` for every str without lone surrogates.
+
+        A lone surrogate (a code point U+D800..U+DFFF on its own, half of a UTF-16 pair) has no UTF-8 encoding
+        and is refused; ``encode_bytes`` takes any bytes.
 
         Raises:
             TypeError: not a str.
-            ValueError: the str holds lone surrogates (not encodable as UTF-8; use ``encode_bytes``).
+            ValueError: the str holds lone surrogates: the message gives the first one, its index and the fixes.
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__} (use encode_bytes for bytes)")
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError as err:
-            raise ValueError(f"text is not encodable as UTF-8 ({err}); pass raw bytes to encode_bytes") from err
+            lone = sum(0xD800 <= ord(c) <= 0xDFFF for c in text)
+            first = text[err.start]
+            raise ValueError(
+                f"text holds {lone} lone surrogate(s), the first U+{ord(first):04X} at index {err.start}: half of a "
+                "UTF-16 pair, which UTF-8 cannot encode, so encode refuses it (it is lossless for every str "
+                "without lone surrogates). Join pairs split in two with "
+                "text.encode('utf-16', 'surrogatepass').decode('utf-16'), replace them with "
+                "text.encode('utf-8', 'replace').decode(), or, for text decoded with errors='surrogateescape' "
+                "(undecodable bytes), tokenize its bytes: encode_bytes(text.encode('utf-8', 'surrogateescape'))"
+            ) from err
         return self.encode_bytes(data)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -411,6 +424,19 @@ def legacy_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     return renamed
 
 
+def vocabulary_shortfall(vocab_size: int, tokenizer: GQTokenizer, strings: str) -> str:
+    """Why a vocabulary exported with ``vocab_size`` holds fewer entries, and what to do (config.json, export line)."""
+    pieces = tokenizer.vocab_size - 256
+    codes = tokenizer.model.codebook_size if tokenizer.model is not None else "its"
+    source = "decode to" if strings == "decoded" else "end, on the vocabulary rows, as"
+    return (
+        f"vocab_size={vocab_size} asks for {vocab_size - 256} learned pieces beside the 256 bytes, but the model's "
+        f"{codes} codes {source} only {pieces} distinct multi-byte strings, so the vocabulary holds "
+        f"{tokenizer.vocab_size} entries; ask for vocab_size<={tokenizer.vocab_size}, or train longer or with a larger "
+        "quantizer.codebook_size for more distinct pieces"
+    )
+
+
 def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str | os.PathLike,
                            vocab_size: int | None = None, strings: str = "decoded", prune: str = "usage",
                            vocab_rows: int = 100_000, documents: Sequence[bytes] | None = None,
@@ -456,6 +482,9 @@ def export_text_checkpoint(checkpoint: dict[str, Any], ckpt_path: Path, out: str
             "strings": strings, "requested_size": vocab_size, "prune": prune,
             "rows": int(vocab_options["vocab_rows"].shape[0]),
         }
+        if vocab_size is not None and tokenizer.vocab_size < vocab_size:
+            tokenizer.extra_config["vocabulary"].update(
+                available_size=tokenizer.vocab_size, note=vocabulary_shortfall(vocab_size, tokenizer, strings))
     tokenizer.extra_config["training"] = {
         "checkpoint": ckpt_path.name, "step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
     }

