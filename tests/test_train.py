@@ -72,3 +72,20 @@ def test_bf16_mixed_training_keeps_quantizer_in_fp32(make_config) -> None:
     cfg = make_config("debug=fdr", "trainer.precision=bf16-mixed")
     result = train(cfg)
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
+
+
+def test_a_run_shorter_than_an_epoch_validates_at_its_last_step(make_config) -> None:
+    """max_steps=2 of a 4-batch epoch (validated every 3rd epoch): the run still validates once, at step 2, so
+    the checkpoint callback finds its monitor and the samples exist."""
+    import warnings
+
+    cfg = make_config("trainer.max_steps=2", "trainer.check_val_every_n_epoch=3", "test=false")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(cfg)
+    monitor = [str(w.message) for w in caught if "could not find the monitored key" in str(w.message)]
+    assert not monitor, monitor
+    assert "val/loss" in result["metrics"] and "val/psnr" in result["metrics"]
+    assert result["samples"] and Path(result["samples"]).is_file()
+    out = Path(result["output_dir"])
+    assert (out / "checkpoints" / "step000002.ckpt").is_file(), sorted((out / "checkpoints").iterdir())

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from vqkit.callbacks.audio_samples import AudioSamples
 from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
+from vqkit.callbacks.validate_at_last_step import ValidateAtLastStep
 from vqkit.config import CONF_DIR, register_resolvers
 from vqkit.lit.run_config import module_from_config, resolved_config
 from vqkit.third_party_noise import silence_third_party_noise
@@ -122,6 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     module = module_from_config(cfg, resolved)
     callbacks = instantiate_collection(cfg.get("callbacks"))
+    callbacks.append(ValidateAtLastStep())  # validation metrics, samples and the checkpoint monitor for any max_steps
     if cfg.get("seed") is not None:
         callbacks.append(ReproducibleEpochs(cfg.seed))
     loggers = instantiate_collection(cfg.get("logger"))
