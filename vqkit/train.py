@@ -184,7 +184,12 @@ def summary_line(result: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    try:
+        train(cfg)
+    except Exception:
+        # Hydra prints the error to stderr only; the run folder's train.log keeps it beside the outputs.
+        log.exception("vqkit.train failed")
+        raise
 
 
 if __name__ == "__main__":
