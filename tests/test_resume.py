@@ -124,3 +124,39 @@ def test_resume_refuses_a_checkpoint_that_runs_code(tmp_path: Path) -> None:
     with pytest.raises(pickle.UnpicklingError):
         train(compose_train_config([*RUN, f"ckpt_path={evil}"], tmp_path / "run"))
     assert not marker.exists(), "loading the checkpoint ran its code"
+
+
+# A run with a non-default quantizer: resume= must rebuild it from the run's own overrides, not conf/'s defaults.
+SMALL = [o for o in RUN if not o.startswith(("trainer.max_steps", "quantizer.", "seed="))] + ["test=false"]
+EMA_RUN = [*SMALL, "quantizer=ema_vq", "quantizer.codebook_size=64", "trainer.max_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory) -> Path:
+    """A 2-step run trained with ``quantizer=ema_vq quantizer.codebook_size=64`` (the tests may resume it)."""
+    run = tmp_path_factory.mktemp("outputs") / "train" / "ema_run"
+    train(compose_train_config(EMA_RUN, run))
+    return run
+
+
+def test_resume_continues_with_the_runs_own_config(ema_run: Path) -> None:
+    original = (ema_run / ".hydra" / "overrides.yaml").read_text()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vqkit.train", f"resume={ema_run}", "trainer.max_steps=4"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    final = torch.load(ema_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == 4
+    quantizer = final["vqkit_config"]["quantizer"]
+    assert quantizer["_target_"].endswith("EMAVectorQuantizer") and quantizer["codebook_size"] == 64
+    assert (ema_run / ".hydra" / "overrides.yaml").read_text() == original, "the resume rewrote the run's overrides"
+
+
+def test_resume_refuses_an_architecture_change_naming_the_key(ema_run: Path) -> None:
+    before = {p.name: p.read_bytes() for p in ema_run.glob("config*.yaml")}
+    with pytest.raises(ValueError, match=r"quantizer\.codebook_size.*128.*64"):
+        train(compose_train_config([f"resume={ema_run}", "quantizer.codebook_size=128"], ema_run))
+    after = {p.name: p.read_bytes() for p in ema_run.glob("config*.yaml")}
+    assert after == before, "a refused resume wrote a config file"
+

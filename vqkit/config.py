@@ -17,10 +17,17 @@ def _first_set(*values: object) -> object:
     return next((v for v in values if v is not None), None)
 
 
+def _if_null(value: object, if_null: object, otherwise: object) -> object:
+    """``${vqkit.if_null:x,a,b}``: ``a`` when ``x`` is null, else ``b``."""
+    return if_null if value is None else otherwise
+
+
 def register_resolvers() -> None:
     """The resolvers vqkit's configs use; idempotent."""
     if not OmegaConf.has_resolver("vqkit.first_set"):
         OmegaConf.register_new_resolver("vqkit.first_set", _first_set)
+    if not OmegaConf.has_resolver("vqkit.if_null"):
+        OmegaConf.register_new_resolver("vqkit.if_null", _if_null)
 
 
 register_resolvers()

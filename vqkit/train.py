@@ -25,6 +25,17 @@ from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
 from vqkit.callbacks.validate_at_last_step import ValidateAtLastStep
 from vqkit.config import CONF_DIR, register_resolvers
 from vqkit.lit.run_config import module_from_config, resolved_config
+from vqkit.models.artifact import write_atomically
+from vqkit.resume import (
+    changed_sections,
+    command_overrides,
+    read_checkpoint,
+    record_overrides,
+    refuse_model_changes,
+    refuse_state_mismatch,
+    resume_checkpoint,
+    resumed_config,
+)
 from vqkit.third_party_noise import silence_third_party_noise
 
 register_resolvers()
@@ -50,33 +61,6 @@ def save_final_checkpoint(trainer: L.Trainer) -> str | None:
     return path
 
 
-def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint ``trainer.fit`` starts from: ``ckpt_path``, else ``<resume>/checkpoints/last.ckpt``.
-
-    Raises:
-        FileNotFoundError: the run folder or the checkpoint does not exist, with what to do instead.
-    """
-    resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(
-                f"resume={resume}: not a vqkit run folder (no config.yaml in it); give the folder a run printed "
-                "in its summary line, e.g. resume=outputs/train/<timestamp>"
-            )
-        if ckpt_path is None:
-            last = run_dir / "checkpoints" / "last.ckpt"
-            if not last.is_file():
-                raise FileNotFoundError(
-                    f"resume={resume}: {last} does not exist (the run stopped before its first checkpoint); "
-                    "start the run again without resume="
-                )
-            ckpt_path = str(last)
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    return ckpt_path
-
-
 def _latest_samples(callbacks: list[Any]) -> str | None:
     """The newest picture a sample callback wrote (reconstruction grid, spectrograms), if any."""
     for callback in callbacks:
@@ -100,28 +84,38 @@ def _is_ddp_without_unused_detection(strategy: Any) -> bool:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the final metrics and the paths of its outputs."""
     started = time.time()
+    ckpt_path = resume_checkpoint(cfg)
+    resuming = cfg.get("resume") is not None
+    if resuming:
+        overrides = command_overrides(cfg) or []
+        cfg = resumed_config(cfg)  # the run's own overrides, then this command's
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    ckpt_path = resume_checkpoint(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = resolved_config(cfg)
     config_path = output_dir / "config.yaml"
-    if cfg.get("resume") is not None:
-        previous = OmegaConf.to_container(OmegaConf.load(config_path))
-        keys = (set(previous) | set(resolved)) - {"resume", "ckpt_path"}
-        changed = sorted(k for k in keys if previous.get(k) != resolved.get(k))
-        if changed:
-            log.warning("resume: the config differs from the run's config.yaml in %s; the new one is used", changed)
-        config_path = output_dir / "config.resumed.yaml"
-    config_path.write_text(OmegaConf.to_yaml(resolved))
+    if resuming:
+        checkpoint = read_checkpoint(ckpt_path)
+        refuse_model_changes(resolved, checkpoint, cfg, overrides)
+        config_path = output_dir / "config.resumed.yaml"  # written once the resume is known to fit
+    else:
+        config_path.write_text(OmegaConf.to_yaml(resolved))
+        record_overrides(cfg, output_dir)
 
     for step in cfg.get("prepare") or []:
         instantiate(step)
     datamodule = instantiate(cfg.data)
     module = module_from_config(cfg, resolved)
+    if resuming:
+        changed = changed_sections(OmegaConf.to_container(OmegaConf.load(output_dir / "config.yaml")), resolved)
+        refuse_state_mismatch(module, checkpoint, cfg, changed)
+        del checkpoint
+        if changed:
+            log.warning("resume: the config differs from the run's config.yaml in %s; the new one is used", changed)
+        write_atomically(config_path, OmegaConf.to_yaml(resolved).encode())
     callbacks = instantiate_collection(cfg.get("callbacks"))
     callbacks.append(ValidateAtLastStep())  # validation metrics, samples and the checkpoint monitor for any max_steps
     if cfg.get("seed") is not None:
