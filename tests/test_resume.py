@@ -160,3 +160,11 @@ def test_resume_refuses_an_architecture_change_naming_the_key(ema_run: Path) -> 
     after = {p.name: p.read_bytes() for p in ema_run.glob("config*.yaml")}
     assert after == before, "a refused resume wrote a config file"
 
+
+def test_resume_finds_the_checkpoints_of_a_run_without_callbacks(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(compose_train_config(
+        [o for o in SMALL if not o.startswith("callbacks.")] + ["callbacks=none", "trainer.max_steps=2"], run))
+    assert (run / "checkpoints" / "last.ckpt").is_file(), sorted(p.relative_to(run) for p in run.rglob("*.ckpt"))
+    train(compose_train_config([f"resume={run}", "trainer.max_steps=4"], run))
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4

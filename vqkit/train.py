@@ -17,6 +17,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from vqkit.callbacks.audio_samples import AudioSamples
@@ -59,6 +60,19 @@ def save_final_checkpoint(trainer: L.Trainer) -> str | None:
     path = str(Path(callback.dirpath) / "last.ckpt")
     trainer.save_checkpoint(path, weights_only=False)  # the full training state (optimizers, loops): resumable
     return path
+
+
+def ensure_checkpointing(callbacks: list[Any], cfg: DictConfig, output_dir: Path) -> None:
+    """Without a configured ``ModelCheckpoint`` (``callbacks=none``), checkpoint into ``<run>/checkpoints``.
+
+    Lightning would add its own into the logger's folder (``csv/checkpoints``), where ``resume=`` does not look.
+    ``trainer.enable_checkpointing=false`` turns checkpoints off.
+    """
+    if cfg.trainer.get("enable_checkpointing", True) is False or cfg.trainer.get("fast_dev_run"):
+        return
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        callbacks.append(ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), filename="step{step:06d}",
+                                         auto_insert_metric_name=False, save_last=True))
 
 
 def _latest_samples(callbacks: list[Any]) -> str | None:
@@ -117,6 +131,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.warning("resume: the config differs from the run's config.yaml in %s; the new one is used", changed)
         write_atomically(config_path, OmegaConf.to_yaml(resolved).encode())
     callbacks = instantiate_collection(cfg.get("callbacks"))
+    ensure_checkpointing(callbacks, cfg, output_dir)
     callbacks.append(ValidateAtLastStep())  # validation metrics, samples and the checkpoint monitor for any max_steps
     if cfg.get("seed") is not None:
         callbacks.append(ReproducibleEpochs(cfg.seed))
