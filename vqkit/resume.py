@@ -101,7 +101,8 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     path = run_dir / OVERRIDES
     if not path.is_file():
         log.warning("resume=%s: the run has no %s, so its own overrides are unknown: the config is composed from "
-                    "this command's overrides only (repeat the run's overrides on the command line)", run_dir, OVERRIDES)
+                    "this command's overrides only (repeat the run's overrides on the command line)",
+                    run_dir, OVERRIDES)
         return cfg
     original = [str(o) for o in OmegaConf.load(path)]
     return compose_train_config(merge_overrides(original, command_overrides(cfg) or []), cfg.paths.output_dir)

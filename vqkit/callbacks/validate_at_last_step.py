@@ -24,5 +24,6 @@ class ValidateAtLastStep(L.Callback):
         if trainer.max_steps is None or trainer.max_steps < 0 or trainer.global_step < trainer.max_steps:
             return
         trainer.should_stop = True
-        if trainer.check_val_every_n_epoch is not None and (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch:
+        every = trainer.check_val_every_n_epoch
+        if every is not None and (trainer.current_epoch + 1) % every:
             trainer.check_val_every_n_epoch = None  # this epoch is not a validation epoch: let it validate
