@@ -73,6 +73,7 @@ RULES: dict[str, Rule] = {
     "lit":              all_but("callbacks", "config", *CLIS),
     "callbacks":        all_but("config", *CLIS),
     "config":           all_but(*CLIS),
+    "preflight":        all_but(*CLIS),  # checks of a composed run config before vqkit.train builds anything
     "resume":           all_but(*CLIS),  # resume=RUN: recomposes the run (config), reads its checkpoint
     "export":           all_but("train", "eval", "tools.codebook", "tools.audio"),
     "eval":             all_but("train", "tools.codebook", "tools.audio"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from vqkit.callbacks.validate_at_last_step import ValidateAtLastStep
 from vqkit.config import CONF_DIR, register_resolvers
 from vqkit.lit.run_config import module_from_config, resolved_config
 from vqkit.models.artifact import write_atomically
+from vqkit.preflight import check_run_config, main_argv_check
 from vqkit.resume import (
     changed_sections,
     command_overrides,
@@ -103,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resuming:
         overrides = command_overrides(cfg) or []
         cfg = resumed_config(cfg)  # the run's own overrides, then this command's
+    check_run_config(cfg)  # mixed modalities, spellings that do nothing: refused before anything is built
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
@@ -192,13 +195,19 @@ def summary_line(result: dict[str, Any]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except Exception:
         # Hydra prints the error to stderr only; the run folder's train.log keeps it beside the outputs.
         log.exception("vqkit.train failed")
         raise
+
+
+def main() -> None:
+    """``python -m vqkit.train`` / ``vqkit-train``: former option spellings are named before Hydra composes."""
+    main_argv_check(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

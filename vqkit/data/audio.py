@@ -231,6 +231,8 @@ class AudioFolderDataModule(L.LightningDataModule):
         exclude: glob patterns (on paths relative to ``root``) of files to leave out.
     """
 
+    modality = "audio"  # vqkit.train refuses a model of another modality (TokenizerModel.modality)
+
     def __init__(
         self,
         root: str,

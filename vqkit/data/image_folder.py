@@ -140,6 +140,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         max_corrupt: unreadable files tolerated per split before the run stops.
     """
 
+    modality = "image"  # vqkit.train refuses a model of another modality (TokenizerModel.modality)
+
     def __init__(
         self,
         root: str,

@@ -224,6 +224,8 @@ class EmbeddedPhotosDataModule(L.LightningDataModule):
         val_photos: file names used for validation and test; must not overlap ``train_photos``.
     """
 
+    modality = "image"  # vqkit.train refuses a model of another modality (TokenizerModel.modality)
+
     def __init__(
         self,
         image_size: int = 48,

@@ -78,6 +78,8 @@ class ByteTextDataModule(L.LightningDataModule):
         seed: seed of the subset and of the shuffling.
     """
 
+    modality = "text"  # vqkit.train refuses a model of another modality (TokenizerModel.modality)
+
     def __init__(
         self,
         row_len: int = 16,
