@@ -117,3 +117,32 @@ def _restore_torch_threads():
 def one_thread():
     """One intra-op thread: tiny models run faster so on a busy 2-core machine (restored by the fixture above)."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def train_cli(monkeypatch):
+    """``train_cli(*args)`` runs ``python -m vqkit.train args`` in this process (Hydra's app, writing .hydra/ and
+    train.log as on the command line, without a new interpreter's start-up) and returns its exit code."""
+    import logging
+    import sys
+
+    import vqkit.train
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["vqkit.train", *args])
+        try:
+            vqkit.train.main()
+        except SystemExit as exit_:
+            return 1 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
+        return 0
+
+    yield run
+    for handler in root.handlers[:]:  # Hydra's job logging: console and <run>/train.log
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+    GlobalHydra.instance().clear()

@@ -139,13 +139,10 @@ def ema_run(tmp_path_factory) -> Path:
     return run
 
 
-def test_resume_continues_with_the_runs_own_config(ema_run: Path) -> None:
+def test_resume_continues_with_the_runs_own_config(ema_run: Path, train_cli) -> None:
+    """The issue's command, through Hydra's app: ``resume=RUN trainer.max_steps=4`` alone."""
     original = (ema_run / ".hydra" / "overrides.yaml").read_text()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "vqkit.train", f"resume={ema_run}", "trainer.max_steps=4"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert train_cli(f"resume={ema_run}", "trainer.max_steps=4") == 0
     final = torch.load(ema_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 4
     quantizer = final["vqkit_config"]["quantizer"]

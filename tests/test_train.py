@@ -91,12 +91,10 @@ def test_a_run_shorter_than_an_epoch_validates_at_its_last_step(make_config) -> 
     assert (out / "checkpoints" / "step000002.ckpt").is_file(), sorted((out / "checkpoints").iterdir())
 
 
-def test_a_failed_run_writes_its_error_to_train_log(tmp_path: Path) -> None:
-    env = {**os.environ, "VQKIT_OUTPUTS": str(tmp_path / "out")}
+def test_a_failed_run_writes_its_error_to_train_log(tmp_path: Path, train_cli, monkeypatch) -> None:
+    monkeypatch.setenv("VQKIT_OUTPUTS", str(tmp_path / "out"))
     missing = tmp_path / "missing.ckpt"
-    proc = subprocess.run([sys.executable, "-m", "vqkit.train", f"ckpt_path={missing}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+    assert train_cli(f"ckpt_path={missing}") != 0
     (run,) = (tmp_path / "out" / "train").iterdir()
     log = (run / "train.log").read_text()
     assert "Traceback" in log and f"FileNotFoundError: ckpt_path={missing} does not exist" in log, log[-2000:]
