@@ -44,7 +44,8 @@ def test_readme_snippet_runs_and_shapes_hold(block: str) -> None:
 TRAIN = "python -m vqkit.train "
 CODEBOOK = "python -m vqkit.tools.codebook "
 # What makes a README command small enough for a test; the options it sets stay (the reductions come after them).
-REDUCED = ["trainer.max_steps=2", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1",
+# One step: with the tiny data every run then stops mid-epoch, before Lightning's own first validation.
+REDUCED = ["trainer.max_steps=1", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1",
            "callbacks.progress_bar.refresh_rate=0"]
 TINY_CODEBOOK = ["--num-images", "8", "--image-size", "32", "--encoder-size", "64", "--iters", "2", "--batch-size", "8"]
 HEADLINE = {"image": "test/psnr", "audio": "test/si_snr", "text": "test/bytes_per_token"}
@@ -80,7 +81,7 @@ def _reduced(args: list[str], tmp_path: Path) -> list[str]:
     extra = fast_overrides(selectors)
     if "data=imagenet" in selectors:  # the README's folder -> a tiny ImageNet-layout tree
         extra = [o for o in extra if not o.startswith(("data.train_samples", "data.val_samples"))]
-        extra.append(f"data.root={make_imagenet_tree(tmp_path / 'imagenet')}")
+        extra += [f"data.root={make_imagenet_tree(tmp_path / 'imagenet')}", "data.batch_size=2"]
     extra += REDUCED
     choices = compose_train_config(args + extra, tmp_path / "probe").hydra.runtime.choices
     if choices.quantizer == "vqbridge":
