@@ -115,8 +115,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resolved = resolved_config(cfg)
     config_path = output_dir / "config.yaml"
     if resuming:
-        checkpoint = read_checkpoint(ckpt_path)
-        refuse_model_changes(resolved, checkpoint, cfg, overrides)
+        stored = read_checkpoint(ckpt_path)  # the checkpoint resumed: its config and tensors, memory-mapped
+        refuse_model_changes(resolved, stored, cfg, overrides)
         config_path = output_dir / "config.resumed.yaml"  # written once the resume is known to fit
     else:
         config_path.write_text(OmegaConf.to_yaml(resolved))
@@ -128,8 +128,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = module_from_config(cfg, resolved)
     if resuming:
         changed = changed_sections(OmegaConf.to_container(OmegaConf.load(output_dir / "config.yaml")), resolved)
-        refuse_state_mismatch(module, checkpoint, cfg, changed)
-        del checkpoint
+        refuse_state_mismatch(module, stored, cfg, changed)
+        del stored
         if changed:
             log.warning("resume: the config differs from the run's config.yaml in %s; the new one is used", changed)
         write_atomically(config_path, OmegaConf.to_yaml(resolved).encode())
