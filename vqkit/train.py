@@ -23,6 +23,7 @@ from vqkit.callbacks.audio_samples import AudioSamples
 from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
 from vqkit.config import CONF_DIR, register_resolvers
+from vqkit.lit.checkpoint_io import check_checkpoint_file
 from vqkit.lit.run_config import module_from_config, resolved_config
 from vqkit.third_party_noise import silence_third_party_noise
 
@@ -54,6 +55,8 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
     Raises:
         FileNotFoundError: the run folder or the checkpoint does not exist, with what to do instead.
+        ValueError: the file cannot be a checkpoint (empty, truncated, an image...); Lightning reads it later
+            through ``AtomicCheckpointIO``, i.e. ``vqkit.lit.checkpoint_io.load_checkpoint``.
     """
     resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
     if resume is not None:
@@ -73,6 +76,8 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
             ckpt_path = str(last)
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    if ckpt_path is not None:
+        check_checkpoint_file(ckpt_path)  # an empty, cut-short or foreign file fails here, before data and model
     return ckpt_path
 
 
