@@ -79,7 +79,7 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     else:
         try:
-            checkpoint = torch_load(path, "checkpoint", NOT_A_CHECKPOINT_HINT)
+            checkpoint = torch_load(path, "PyTorch checkpoint", NOT_A_CHECKPOINT_HINT)
         except pickle.UnpicklingError as err:
             raise pickle.UnpicklingError(
                 f"{err}. Checkpoints of vqkit.train hold only tensors and plain data; pass allow_pickle=true only "
@@ -99,4 +99,4 @@ def check_checkpoint_file(path: str | os.PathLike) -> Path:
         FileNotFoundError: no such file.
         ValueError: empty, truncated, or another kind of file; the message names it and says what to give instead.
     """
-    return check_torch_file(path, "checkpoint", NOT_A_CHECKPOINT_HINT)
+    return check_torch_file(path, "PyTorch checkpoint", NOT_A_CHECKPOINT_HINT)
