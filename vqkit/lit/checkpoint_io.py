@@ -88,7 +88,8 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         found = f"a dict with keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, dict) else (
             f"a {type(checkpoint).__name__}")
-        raise ValueError(f"{path} is not a Lightning checkpoint (it holds {found}, no state_dict){NOT_A_CHECKPOINT_HINT}")
+        raise ValueError(f"{path} is not a Lightning checkpoint (it holds {found}, no state_dict)"
+                         f"{NOT_A_CHECKPOINT_HINT}")
     return checkpoint
 
 
