@@ -164,15 +164,13 @@ def _tokenizer_encoder(path: Path) -> tuple[torch.nn.Module, Callable[[Tensor], 
     """The encoder and input normalization of an image tokenizer: a vqkit.train checkpoint or an artifact folder."""
     if not path.exists():
         raise FileNotFoundError(f"--tokenizer {path} does not exist; give a .ckpt of vqkit.train or an artifact folder")
-    from vqkit.models import ImageTokenizer, TokenizerModel
+    from vqkit.models import ImageTokenizer
 
     if path.is_file():
-        from vqkit.export import model_config, model_state
+        from vqkit.export import checkpoint_model
         from vqkit.lit.checkpoint_io import load_checkpoint
 
-        checkpoint = load_checkpoint(path)
-        model = TokenizerModel.from_config(model_config(checkpoint, path), f"{path}: vqkit_config.model")
-        model.load_state_dict(model_state(checkpoint, path))
+        model = checkpoint_model(load_checkpoint(path), path)
     else:
         from vqkit.tokenizers import load_tokenizer
 
