@@ -1,4 +1,9 @@
-"""Files vqkit reads: torch files read without unpickling, with errors that say what the file is.
+"""Files vqkit writes and reads: atomic writes with the user's permissions; torch files read without unpickling.
+
+``write_atomically`` is the one writer of every artifact, codebook and code file: a temporary file beside
+the target, flushed and moved into place, so a killed write never leaves a partial file under the final
+name. ``tempfile.mkstemp`` and safetensors' ``save_file`` create files readable by their owner only (0600);
+here the file gets the permissions any new file gets (``0o666`` minus the umask), as ``open()`` gives.
 
 ``torch_load`` reads a ``torch.save`` file with ``weights_only=True`` and turns every failure into an error
 that names the file and what it is instead (empty, truncated, an image, a pickle of Python objects), never
@@ -9,11 +14,45 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+def umask() -> int:
+    """The process's umask, read without changing it where the OS says it (Linux: /proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it; the file's mode is ``0o666 & ~umask``.
+
+    The parent folder is created. Returns ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(name, 0o666 & ~umask())  # mkstemp made it 0600
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+    return path
+
 
 # The first bytes of files people pass where a checkpoint belongs.
 _SIGNATURES = {

@@ -189,16 +189,6 @@ def resolve_target(target: Any, where: str) -> type[nn.Module]:
     return obj
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then move it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # --- self-contained artifacts ---------------------------------------------------------------------------------
 def artifact_file(folder: Path, name: str) -> Path:
     """``folder / name``, refused when it is a link leading out of the folder.

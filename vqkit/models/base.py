@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from vqkit.files import write_atomically
 from vqkit.models.artifact import (
     CONFIG_NAME,
     FORMAT,
@@ -38,7 +39,6 @@ from vqkit.models.artifact import (
     read_config,
     self_contained_config,
     vqkit_version,
-    write_atomically,
 )
 from vqkit.models.compat import check_pair
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
