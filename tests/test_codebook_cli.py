@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,33 @@ def test_codes_from_a_trained_tokenizer_checkpoint_and_its_artifact(tmp_path, ar
         assert meta["source"] == "tokenizer" and torch.isfinite(codebook).all()
         outs.append(codebook)
     assert outs[0].shape == outs[1].shape and outs[0].shape[0] == 8
+
+
+# --- where the file goes, and its permissions ----------------------------------------------------------------
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_without_out_the_codebook_goes_beside_the_runs_with_normal_permissions(tmp_path, monkeypatch, capsys,
+                                                                                mask):
+    monkeypatch.setattr(codebook_tool, "extract_features", fake_features)
+    monkeypatch.setenv("VQKIT_OUTPUTS", str(tmp_path / "outs"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    old = os.umask(mask)
+    try:
+        assert main(["--num-codes", "8"]) == 0
+    finally:
+        os.umask(old)
+    path = tmp_path / "outs" / "codebooks" / "efficientnet_lite0_photos_K8.safetensors"
+    assert f"wrote {path}" in capsys.readouterr().out
+    assert list((tmp_path / "cwd").iterdir()) == []  # nothing written into the current directory
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not mkstemp's / safetensors' 0600
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left beside it
+
+
+def test_ensure_codebook_writes_with_normal_permissions(tmp_path, monkeypatch):
+    monkeypatch.setattr(codebook_tool, "extract_features", fake_features)
+    old = os.umask(0o022)
+    try:
+        path = ensure_codebook(tmp_path / "run" / "cb.safetensors", 8, progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

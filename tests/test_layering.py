@@ -49,7 +49,7 @@ def all_but(*modules: str, banned: Iterable[str] = ()) -> Rule:
 
 
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra")  # training frameworks: never in the inference path
-LOW = ("layers", "quantizers", "modalities", "models")
+LOW = ("files", "layers", "quantizers", "modalities", "models")
 CLIS = ("train", "eval", "export", "tools.codebook", "tools.audio")  # command-line entry points: the top
 
 # The layers, lowest first. Keys are modules relative to vqkit/ and cover their submodules; the longest
@@ -58,9 +58,10 @@ CLIS = ("train", "eval", "export", "tools.codebook", "tools.audio")  # command-l
 # `from vqkit import __version__`, a constant.
 RULES: dict[str, Rule] = {
     # module            | vqkit modules it may import                         | third-party it must not import
-    "layers":           only("layers",                                         banned=FRAMEWORKS),
-    "quantizers":       only("layers", "quantizers",                           banned=FRAMEWORKS),
-    "modalities":       only("quantizers", "layers", "modalities",             banned=FRAMEWORKS),
+    "files":            only(banned=FRAMEWORKS),  # atomic writes, torch.load without unpickling: the lowest
+    "layers":           only("files", "layers",                                banned=FRAMEWORKS),
+    "quantizers":       only("files", "layers", "quantizers",                  banned=FRAMEWORKS),
+    "modalities":       only("files", "quantizers", "layers", "modalities",    banned=FRAMEWORKS),
     "models":           only(*LOW, "__version__",                              banned=FRAMEWORKS),
     "tools.__init__":   only(),  # imported on the way to tools.assets: must stay empty
     "tools.assets":     only("quantizers",                                     banned=FRAMEWORKS),  # leaf tool

@@ -4,7 +4,9 @@ The artifact is the run's model: its config subtree (``vqkit_config.model``) and
 ``model.*`` entries of the checkpoint's state dict), written by ``TokenizerModel.save_pretrained`` as
 ``config.json`` + ``model.safetensors``: no discriminator, loss or metric states, no optimizer, nothing
 pickled. The model is rebuilt with the same checks as ``load_tokenizer`` (only ``torch.nn.Module``
-classes of vqkit). Text (GQ-VAE) models export a vocabulary tokenizer (``vqkit.tokenizers.text``).
+classes of vqkit), from a config whose file arguments are replaced (``checkpoint_model``): the artifact is
+self-contained, and export needs no file but the checkpoint. Text (GQ-VAE) models export a vocabulary
+tokenizer (``vqkit.tokenizers.text``).
 
 The checkpoint is read with ``torch.load(weights_only=True)``; checkpoints written by ``vqkit.train``
 need nothing else. One that holds other Python objects is refused unless ``allow_pickle=true``, which
@@ -13,7 +15,6 @@ runs the full unpickler and therefore any code the file contains: use it only fo
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import pickle
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vqkit.config import CONF_DIR
 from vqkit.lit.checkpoint_io import load_checkpoint
-from vqkit.models.artifact import resolve_target
+from vqkit.models.artifact import resolve_target, self_contained_config
 from vqkit.models.base import TokenizerModel
 from vqkit.third_party_noise import silence_third_party_noise
 
@@ -34,8 +35,6 @@ log = logging.getLogger("vqkit.export")
 silence_third_party_noise()
 
 TEXT_OPTIONS = ("vocab_size", "vocab_prune", "vocab_strings", "vocab_rows", "vocab_text")
-# Constructor arguments that only seed weights the state dict holds: an artifact must not need their files.
-SEED_ONLY_ARGUMENTS = ("init_codebook_path",)
 
 
 def model_config(checkpoint: dict[str, Any], source: Path) -> dict[str, Any]:
@@ -65,13 +64,25 @@ def model_state(checkpoint: dict[str, Any], source: Path) -> dict[str, Any]:
     return kept
 
 
-def without_seed_files(node: Any) -> Any:
-    """A copy of a config with every seed-only file argument (``SEED_ONLY_ARGUMENTS``) set to None."""
-    if isinstance(node, dict):
-        return {k: None if k in SEED_ONLY_ARGUMENTS else without_seed_files(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [without_seed_files(v) for v in node]
-    return copy.deepcopy(node)
+def checkpoint_model(checkpoint: dict[str, Any], source: Path) -> TokenizerModel:
+    """The model of a ``vqkit.train`` checkpoint, built and loaded without the files its config names.
+
+    The config's file arguments (vqgan_lc's ``codebook_path``, vqbridge's ``init_codebook_path``) are replaced
+    for the checkpoint's tensors (``self_contained_config``): the codebook is in the weights, so export works
+    where the training files are not, and the artifact's config names no file.
+
+    Raises:
+        ValueError: no model config or weights in the checkpoint, or they do not fit.
+    """
+    state = model_state(checkpoint, source)
+    config = self_contained_config(model_config(checkpoint, source), {k: tuple(v.shape) for k, v in state.items()},
+                                   f"{source}: vqkit_config.model")
+    model = TokenizerModel.from_config(config, f"{source}: vqkit_config.model")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"the weights of {source} do not fit the model of its vqkit_config: {err}") from err
+    return model
 
 
 def export_tokenizer(ckpt_path: str | os.PathLike, out: str | os.PathLike, allow_pickle: bool = False,
@@ -109,11 +120,7 @@ def export_tokenizer(ckpt_path: str | os.PathLike, out: str | os.PathLike, allow
     if text_options:
         names = ", ".join(sorted(text_options))
         raise ValueError(f"{names} only apply to text (GQ-VAE) checkpoints; {ckpt_path} is not one")
-    model = TokenizerModel.from_config(without_seed_files(config), f"{ckpt_path}: vqkit_config.model")
-    try:
-        model.load_state_dict(model_state(checkpoint, ckpt_path), strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"the weights of {ckpt_path} do not fit the model of its vqkit_config: {err}") from err
+    model = checkpoint_model(checkpoint, ckpt_path)
     training = {
         "checkpoint": ckpt_path.name,
         "step": checkpoint.get("global_step"),

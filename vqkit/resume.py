@@ -22,6 +22,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 from vqkit.config import compose_train_config
+from vqkit.lit.checkpoint_io import check_checkpoint_file, load_checkpoint
 
 log = logging.getLogger("vqkit.resume")
 
@@ -55,6 +56,8 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
             ckpt_path = str(last)
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    if ckpt_path is not None:
+        check_checkpoint_file(ckpt_path)  # an empty, cut-short or foreign file fails here, before data and model
     return ckpt_path
 
 
@@ -112,8 +115,8 @@ def read_checkpoint(ckpt_path: str) -> dict[str, Any]:
     """The checkpoint's tensors (memory-mapped, not read) and its stored config, without running pickled code."""
     try:
         return torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip checkpoint: mmap needs one
-        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception:  # not a zip checkpoint (mmap needs one), or unreadable: the reader that says what it is
+        return load_checkpoint(ckpt_path)
 
 
 def _differences(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:

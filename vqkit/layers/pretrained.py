@@ -11,15 +11,17 @@ weights. Loading is strict; every failure names the file, the option that set it
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from vqkit.files import torch_load
 
 
 def read_state_dict(path: str | Path, option: str = "weights_path") -> dict[str, Tensor]:
@@ -43,13 +45,12 @@ def read_state_dict(path: str | Path, option: str = "weights_path") -> dict[str,
         )
     if path.suffix == ".safetensors":
         return load_file(str(path))
+    hint = f"; set {option} to a .safetensors file or a plain state dict saved with torch.save"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"could not read {path} ({option}) as a state dict without unpickling code: {err}. "
-            "Save the tensors as safetensors or as a plain state dict"
-        ) from err
+        state = torch_load(path, f"weights file ({option})", hint)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{err}; it cannot be read without unpickling code: save the tensors as safetensors or as "
+                         "a plain state dict") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

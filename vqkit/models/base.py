@@ -25,15 +25,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from vqkit.files import write_atomically
 from vqkit.models.artifact import (
     CONFIG_NAME,
     FORMAT,
     FORMAT_VERSION,
     WEIGHTS_NAME,
+    UnsafeConfigError,
+    artifact_build,
+    artifact_file,
     build_module,
+    check_self_contained,
     read_config,
+    self_contained_config,
     vqkit_version,
-    write_atomically,
 )
 from vqkit.models.compat import check_pair
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
@@ -179,14 +184,24 @@ class TokenizerModel(nn.Module, ModelHubMixin):
     def artifact_config(self, **info: Any) -> dict[str, Any]:
         """``config.json`` of this model: the format header, derived sizes, ``model`` (its config subtree), ``info``.
 
+        ``model`` is self-contained (``vqkit.models.artifact.self_contained_config``): file arguments such as
+        vqgan_lc's ``codebook_path`` are replaced (the weights hold the codebook), so the artifact loads anywhere.
+
         Raises:
-            ValueError: the model does not know its config (it was not built from one).
+            ValueError: the model does not know its config (it was not built from one), or its config names a
+                file no module class can do without.
         """
         if self.config is None:
             raise ValueError(
                 f"this {type(self).__name__} was built in Python and does not know its config: build it with "
                 "TokenizerModel.from_config({...}) or load it with from_pretrained / vqkit.load_tokenizer"
             )
+        shapes = {name: tuple(t.shape) for name, t in self.state_dict().items()}
+        model = self_contained_config(self.config, shapes)
+        try:
+            check_self_contained(model, "model", shapes)
+        except UnsafeConfigError as err:
+            raise ValueError(f"this model cannot be written as a self-contained artifact: {err}") from None
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -195,7 +210,7 @@ class TokenizerModel(nn.Module, ModelHubMixin):
             "codebook_size": self.codebook_size,
             "token_dim": self.token_dim,
             "soft": self.soft,
-            "model": copy.deepcopy(self.config),
+            "model": model,
             **copy.deepcopy(info),
         }
 
@@ -253,9 +268,12 @@ class TokenizerModel(nn.Module, ModelHubMixin):
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TokenizerModel:
     """Load an image/audio artifact folder (``config.json`` + ``model.safetensors``) in eval mode, without unpickling.
 
+    Reads those two files only (``artifact_build``: no file arguments, no builds, no sizes beyond the weights).
+
     Raises:
         FileNotFoundError: the folder or one of its files is missing.
-        UnsafeConfigError: the config names something other than vqkit modules.
+        UnsafeConfigError: the config names something other than vqkit modules, a file, or a build, or sizes its
+            weights cannot fill; or a file is a link out of the folder.
         ValueError: unreadable files, a config the quantizer contradicts, or weights that do not fit.
     """
     folder, config = read_config(path)
@@ -263,17 +281,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     model_config = config.get("model")
     if not isinstance(model_config, dict):
         raise ValueError(f"{source} has no `model` object with the model's config")
-    model = TokenizerModel.from_config(model_config, f"{source}: model")
+    weights_file = artifact_file(folder, WEIGHTS_NAME)
+    if not weights_file.is_file():
+        raise FileNotFoundError(
+            f"{weights_file} not found; a tokenizer directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+    with artifact_build(model_config, f"{source}: model", weights_file):  # no files, no builds, sizes bounded
+        model = TokenizerModel.from_config(model_config, f"{source}: model")
     derived = {"modality": model.modality, "codebook_size": model.codebook_size, "token_dim": model.token_dim,
                "soft": model.soft}
     stale = {key: config[key] for key in derived if key in config and config[key] != derived[key]}
     if stale:
         raise ValueError(f"{source} states {stale} but its model has {derived}; was the config edited by hand?")
-    weights_file = folder / WEIGHTS_NAME
-    if not weights_file.is_file():
-        raise FileNotFoundError(
-            f"{weights_file} not found; a tokenizer directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
-        )
     try:
         state = load_file(weights_file)
     except SafetensorError as err:

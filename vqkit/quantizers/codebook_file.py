@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
+
+from vqkit.files import write_atomically
 
 CODEBOOK_KEY = "codebook"
 BUILD_HINT = (
@@ -20,19 +22,15 @@ BUILD_HINT = (
 
 
 def save_codebook(path: str | Path, codebook: Tensor, metadata: dict[str, object] | None = None) -> Path:
-    """Write ``codebook`` (K, F) as fp32 with string metadata (non-strings are JSON-encoded)."""
+    """Write ``codebook`` (K, F) as fp32 with string metadata (non-strings are JSON-encoded), atomically."""
     if codebook.dim() != 2 or not codebook.is_floating_point():
         raise ValueError(f"a codebook is a (K, F) float tensor, got {codebook.dtype} {tuple(codebook.shape)}")
     if not torch.isfinite(codebook).all():
         raise ValueError("refusing to save a codebook with NaN/Inf entries")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.update(num_codes=str(codebook.shape[0]), feature_dim=str(codebook.shape[1]))
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({CODEBOOK_KEY: codebook.detach().float().contiguous().cpu()}, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    data = save({CODEBOOK_KEY: codebook.detach().float().contiguous().cpu()}, metadata=meta)
+    return write_atomically(path, data)  # atomic, mode 0666 & ~umask (safetensors' save_file makes 0600)
 
 
 def load_codebook(path: str | Path, expected_size: int | None = None) -> tuple[Tensor, dict[str, str]]:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from vqkit.layers.alibi import ALiBiTransformer
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
-from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer
+from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer, self_contained_inner_options
 
 SEGMENTATION_MODES = ("learned", "fixed")
 
@@ -221,6 +221,11 @@ class GatedQuantizer(Quantizer):
         self.inner = build_inner_quantizer(inner, dim, codebook_size, inner_options, "inner / inner_options")
         self.soft = bool(self.inner.soft)
         self.code_dim = getattr(self.inner, "code_dim", dim)
+
+    @classmethod
+    def self_contained_arguments(cls, config: dict, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """The inner backend's own (``inner_options``), e.g. a vqgan_lc backend's codebook_path."""
+        return self_contained_inner_options(cls, config, "inner", "inner_options", shapes, "inner.")
 
     @property
     def codebook(self) -> Tensor:

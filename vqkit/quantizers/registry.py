@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -69,3 +70,26 @@ def build_inner_quantizer(name: str, dim: int, codebook_size: int, options: dict
     if quantizer.num_stages is not None:
         raise ValueError(f"{backend} {name!r} is multi-stage; it must give one id per token")
     return quantizer
+
+
+def self_contained_inner_options(wrapper: type, config: dict[str, Any], name_key: str, options_key: str,
+                                 shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, Any]:
+    """A wrapper's ``self_contained_arguments``: its inner backend's, applied to the plain options it is built from.
+
+    Args:
+        wrapper: the wrapping class (for the defaults of its ``name_key`` / ``options_key`` arguments).
+        config: the wrapper's config.
+        name_key, options_key: e.g. ``"stage_quantizer", "stage_options"``.
+        shapes: the wrapper's state-dict shapes; ``prefix`` (``"stages.0."``) picks one inner backend's.
+
+    Returns:
+        ``{options_key: options with the backend's replacements}``, or {} when the backend takes no files.
+    """
+    defaults = inspect.signature(wrapper).parameters
+    inner = quantizer_class(config.get(name_key, defaults[name_key].default))
+    hook = getattr(inner, "self_contained_arguments", None)
+    if hook is None:
+        return {}
+    options = dict(config.get(options_key) or {})
+    own = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    return {options_key: {**options, **hook(options, own)}}

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
-from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer
+from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer, self_contained_inner_options
 
 
 @register_quantizer("residual")
@@ -92,6 +92,11 @@ class ResidualQuantizer(Quantizer):
         self.soft = bool(self.stages[0].soft)
         self.dropout_prob = dropout_prob
         self.dropout_min_stages = dropout_min_stages
+
+    @classmethod
+    def self_contained_arguments(cls, config: dict, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """The stages' own (``stage_options``), e.g. a vqgan_lc stage's codebook_path (all stages alike)."""
+        return self_contained_inner_options(cls, config, "stage_quantizer", "stage_options", shapes, "stages.0.")
 
     @property
     def codebook(self) -> Tensor:

@@ -125,6 +125,11 @@ class VQBridgeQuantizer(GeneratedCodebookQuantizer):
             self.patch_size = None
             self.bridge = PerCodeBridge(self.codebook_dim, dim, width if bridge == "mlp" else None)
 
+    @classmethod
+    def self_contained_arguments(cls, config: dict, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """The start file only seeds ``raw_codebook``, a parameter of the weights: build without it."""
+        return {"init_codebook_path": None}
+
     def _initial_codes(self, init: str, path: str | None) -> Tensor:
         if path is None:
             if init == "uniform":

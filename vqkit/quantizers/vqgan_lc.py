@@ -79,7 +79,10 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
         feature_norm: how the frozen features are scaled before projection (``normalize_features``):
             ``center_rms`` (centred, unit RMS row norm), ``standardize`` or ``none`` (the file as is);
             ``auto``: ``none`` with ``projector_init='identity'`` (the codes start as the file's), else ``center_rms``.
-        seed: seed of the random codebook when no file is given.
+        seed: seed of the random codebook when no file is given. None (with no file): no codebook is drawn; a
+            zero placeholder of (codebook_size, feature_dim) waits for a state dict to fill it. Exported artifacts
+            are built so (``self_contained_arguments``): their weights hold the codebook. Training a placeholder
+            that was never filled is an error.
         codebook_weight, commit_weight, swap_loss_weights: as ``vq``; VQGAN-LC's own loss is
             commit 1.0 + 0.33 codebook, i.e. ``codebook_weight=1.0, commit_weight=0.33, swap_loss_weights=True``.
         code_chunk, row_chunk: tile sizes of the nearest-code search.
@@ -99,7 +102,7 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
         projector_hidden: int = 256,
         projector_init: str = "normal",
         feature_norm: str = "auto",
-        seed: int = 0,
+        seed: int | None = 0,
         codebook_weight: float = 1.0,
         commit_weight: float = 0.33,
         swap_loss_weights: bool = True,
@@ -126,6 +129,9 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
                     f"set quantizer.feature_dim={features.shape[1]} (or null)"
                 )
             self.source = f"{codebook_path} ({metadata.get('source', 'unknown source')})"
+        elif seed is None:  # filled by load_state_dict (an artifact's weights)
+            features = torch.zeros(codebook_size, feature_dim or dim)
+            self.source = "placeholder for the codebook of a state dict"
         else:
             width = feature_dim or dim
             log.warning(
@@ -139,6 +145,7 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
             features = torch.randn(codebook_size, width, generator=torch.Generator().manual_seed(seed))
             self.source = f"random (seed {seed})"
         self.codebook_path = codebook_path
+        self.placeholder = not codebook_path and seed is None
         if feature_norm == "auto":
             feature_norm = "none" if projector_init == "identity" else "center_rms"
         self.feature_norm = feature_norm
@@ -158,7 +165,24 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
         elif projector_init != "normal":
             raise ValueError(f"projector_init must be 'normal' or 'identity', got {projector_init!r}")
 
+    @classmethod
+    def self_contained_arguments(cls, config: dict, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Build without the codebook file, for weights that hold the codebook (``features``: (K, F))."""
+        return {"codebook_path": None, "feature_dim": int(shapes["features"][1]), "seed": None}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "features" in state_dict:
+            self.placeholder = False
+            self.source = "loaded with the weights"
+
     def generate_codebook(self) -> Tensor:
+        if self.placeholder and self.training:
+            raise RuntimeError(
+                "vqgan_lc: built with codebook_path=null and seed=null (a placeholder for the codebook of a state "
+                "dict) but no state dict was loaded; set quantizer.codebook_path to a codebook file, or seed to a "
+                "number for a random frozen codebook"
+            )
         return fp32_call(self.projector, self.features)
 
     def extra_repr(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from vqkit.files import write_atomically
 from vqkit.models.artifact import (
     CONFIG_NAME,
     FORMAT,
@@ -23,7 +24,6 @@ from vqkit.models.artifact import (
     UnsafeConfigError,
     build_module,
     read_config,
-    write_atomically,
 )
 from vqkit.models.base import load_model
 

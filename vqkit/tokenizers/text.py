@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from vqkit.modalities.text_bytes import SEGMENTATIONS, byte_pieces, rows_from_pieces
-from vqkit.models.artifact import resolve_target, vqkit_version
+from vqkit.models.artifact import artifact_build, artifact_file, resolve_target, vqkit_version
 from vqkit.models.text import TextTokenizer
 from vqkit.tokenizers.artifact import (
     CONFIG_NAME,
@@ -292,7 +292,7 @@ class GQTokenizer:
 
     @classmethod
     def from_artifact(cls, path: Path, config: dict[str, Any], device: str | torch.device = "cpu") -> GQTokenizer:
-        vocab_file = Path(path) / VOCAB_NAME
+        vocab_file = artifact_file(Path(path), VOCAB_NAME)
         if not vocab_file.is_file():
             raise FileNotFoundError(f"{vocab_file} not found; a text tokenizer directory holds {VOCAB_NAME}")
         try:
@@ -301,12 +301,14 @@ class GQTokenizer:
             raise ValueError(f"{vocab_file} is not a list of hex strings: {err}") from err
         model = None
         if isinstance(config.get("model"), dict):
-            weights = Path(path) / WEIGHTS_NAME
+            weights = artifact_file(Path(path), WEIGHTS_NAME)
             if not weights.is_file():
                 raise FileNotFoundError(f"{weights} not found but config.json describes a model")
             source = str(Path(path) / CONFIG_NAME)
             legacy = "_target_" not in config["model"]
-            model = build_autoencoder(config["model"], source=source)
+            model_config = legacy_model_config(config["model"], source) if legacy else config["model"]
+            with artifact_build(model_config, f"{source}: model", weights):  # no files, no builds, bounded sizes
+                model = build_autoencoder(model_config, source=source)
             state = load_file(str(weights))
             if legacy:
                 state = legacy_state_dict(state)

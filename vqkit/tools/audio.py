@@ -29,8 +29,9 @@ from pathlib import Path
 import soundfile as sf
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
+from vqkit.files import write_atomically
 from vqkit.models.audio import AudioTokenizer
 from vqkit.models.identity import model_digest
 from vqkit.tokenizers import load_tokenizer
@@ -118,8 +119,7 @@ def encode_file(
         "tokenizer": str(Path(tokenizer_dir).resolve()),
         "source": Path(audio_path).name,
     }
-    Path(codes_path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"codes": codes}, str(codes_path), metadata=metadata)
+    write_atomically(codes_path, save({"codes": codes}, metadata=metadata))
     return {**metadata, "description": describe(tokenizer, stages), "frames": str(codes.shape[0])}
 
 

@@ -164,15 +164,13 @@ def _tokenizer_encoder(path: Path) -> tuple[torch.nn.Module, Callable[[Tensor], 
     """The encoder and input normalization of an image tokenizer: a vqkit.train checkpoint or an artifact folder."""
     if not path.exists():
         raise FileNotFoundError(f"--tokenizer {path} does not exist; give a .ckpt of vqkit.train or an artifact folder")
-    from vqkit.models import ImageTokenizer, TokenizerModel
+    from vqkit.models import ImageTokenizer
 
     if path.is_file():
-        from vqkit.export import model_config, model_state
+        from vqkit.export import checkpoint_model
         from vqkit.lit.checkpoint_io import load_checkpoint
 
-        checkpoint = load_checkpoint(path)
-        model = TokenizerModel.from_config(model_config(checkpoint, path), f"{path}: vqkit_config.model")
-        model.load_state_dict(model_state(checkpoint, path))
+        model = checkpoint_model(load_checkpoint(path), path)
     else:
         from vqkit.tokenizers import load_tokenizer
 
@@ -254,6 +252,8 @@ def build_codebook(argv: list[str] | None = None, progress: bool = True, **optio
         if not hasattr(args, key):
             raise TypeError(f"build_codebook got an unknown option {key!r}")
         setattr(args, key, value)
+    if args.out is None:
+        args.out = str(default_out(args))
     torch.manual_seed(args.seed)
     features, labels, meta = extract_features(args, progress)
     per_class = bool(args.per_class and labels is not None)
@@ -349,8 +349,7 @@ def ensure_codebook(path: str | os.PathLike[str], num_codes: int, **build_option
         if writer:
             os.replace(tmp, path)
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".tmp")):  # ours, and save_codebook's own temporary
-            leftover.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # an interrupted build's (save_codebook cleans up its own temporary)
     if is_distributed():
         torch.distributed.barrier()  # the other ranks return once rank 0 has put the file in place
     if writer:
@@ -379,7 +378,9 @@ def codebook_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m vqkit.tools.codebook", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=False, default="codebook.safetensors", help="output .safetensors file")
+    p.add_argument("--out", default=None,
+                   help="output .safetensors file (default: $VQKIT_OUTPUTS/codebooks/<source>_<data>_K<num-codes>"
+                        ".safetensors, VQKIT_OUTPUTS defaulting to outputs, as the runs' folder)")
     p.add_argument("--num-codes", type=int, default=16384, help="codebook size K")
     p.add_argument("--source", choices=SOURCES, default="efficientnet_lite0", help="feature encoder")
     p.add_argument("--model-name", default=None, help="timm architecture (--source timm)")
@@ -404,6 +405,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.num_codes <= 0:
         p.error("--num-codes must be positive")
     return args
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """Where a codebook goes without ``--out``: beside the runs (``$VQKIT_OUTPUTS``, default ``outputs``), named by
+    its settings, never into the current directory."""
+    source = args.model_name if args.source == "timm" and args.model_name else args.source
+    data = "folder" if args.data == "auto" and args.data_root else ("photos" if args.data == "auto" else args.data)
+    name = f"{source}_{data}_K{args.num_codes}.safetensors"
+    return Path(os.environ.get("VQKIT_OUTPUTS") or "outputs") / "codebooks" / name
 
 
 def main(argv: list[str] | None = None) -> int:
