@@ -15,7 +15,8 @@ from vqkit.modalities.image_1d import (
     resolve_size,
     sincos_2d,
 )
-from vqkit.quantizers import list_quantizers
+from vqkit.models import ImageTokenizer
+from vqkit.models.compat import compatible_quantizers
 from vqkit.train import train
 
 TINY = {"width": 32, "depth": 1, "num_heads": 2}
@@ -257,7 +258,7 @@ def test_config_sizes_and_interpolations(make_config) -> None:
     assert (model.encoder.width, model.decoder.width, model.decoder.num_heads) == (128, 1024, 2)
 
 
-@pytest.mark.parametrize("quantizer", list_quantizers())
+@pytest.mark.parametrize("quantizer", compatible_quantizers(ImageTokenizer))  # gq is refused: see compat
 def test_trains_with_every_quantizer(quantizer: str, make_config) -> None:
     result = train(
         make_config(*TRAIN_OVERRIDES, f"quantizer={quantizer}", "trainer.max_steps=3", "test=false", fast=False)
