@@ -13,7 +13,17 @@ from omegaconf import DictConfig
 from vqkit.config import compose_train_config
 from vqkit.third_party_noise import silence_third_party_noise
 
-silence_third_party_noise()  # the filters the command-line entry points install
+
+@pytest.fixture(autouse=True)
+def _third_party_noise_filtered():
+    """The filters the command-line entry points install, inside each test's own warning capture (pytest
+    restores the filters around collection and every test, so filters installed at import would not last)."""
+    silence_third_party_noise()
+    yield
+    # A recipe run in-process with trainer=ddp on one device leaves Lightning's process group behind; later
+    # single-process runs would then see "distributed" and Lightning would warn about their epoch-level logs.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 # Small enough that one optimizer step takes well under a second on a CPU core.
 FAST_OVERRIDES = [
@@ -27,6 +37,7 @@ FAST_OVERRIDES = [
     "quantizer.codebook_size=32",
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",  # tiny epochs: Lightning warns when an epoch is shorter than the interval
 ]
 # The same for the transformer (1-D) models, which have no `channels`.
 FAST_1D_MODEL = [

@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
 
 def umask() -> int:
     """The process's umask, read without changing it where the OS says it (Linux: /proc/self/status)."""
@@ -118,7 +120,9 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint", hint: str = ""
     """
     path = check_torch_file(path, what, hint)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol: the errors below say what the file is
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's message advises weights_only=False: never relay it
         content = _pickled_objects(path)
         if content is None:

@@ -19,6 +19,9 @@ WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning,
      "Lightning counts modules in eval mode; vqkit keeps its frozen pretrained networks (LPIPS, REPA and feature-"
      "discriminator backbones) in eval mode on purpose, so that their dropout and norms do not change the loss"),
+    (r"Checkpoint directory .* exists and is not empty", UserWarning,
+     "vqkit's run folders are new per run (timestamped); one holds checkpoints already only under resume=, which "
+     "continues the run in place on purpose (a new run never writes into an old folder)"),
     (r".*does not have many workers", UserWarning,
      "Lightning's advice to raise num_workers; vqkit's embedded datasets are in memory and default to 0 workers "
      "on purpose (data.num_workers raises it for folders on disk)"),

@@ -26,8 +26,8 @@ from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
 from vqkit.callbacks.validate_at_last_step import ValidateAtLastStep
 from vqkit.config import CONF_DIR, register_resolvers
-from vqkit.lit.run_config import module_from_config, resolved_config
 from vqkit.files import write_atomically
+from vqkit.lit.run_config import module_from_config, resolved_config
 from vqkit.preflight import check_run_config, main_argv_check
 from vqkit.resume import (
     changed_sections,

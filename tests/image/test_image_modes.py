@@ -130,7 +130,7 @@ def _pa(tmp: Path) -> Image.Image:
     image = Image.fromarray(reference()).quantize(64)
     pa = Image.new("PA", image.size)
     pa.putpalette(image.getpalette())
-    pa.putdata(list(zip(image.getdata(), alpha().flatten().tolist())))
+    pa.putdata(list(zip(image.getdata(), alpha().flatten().tolist(), strict=True)))
     return pa
 
 

@@ -271,7 +271,7 @@ def test_passthrough_warmup_returns_z_fills_the_reservoir_then_replaces_every_co
         fed.append(z[0])
         out = q(z)
         assert torch.equal(out.z_q, z)  # the caller sees the continuous latents
-        assert float(out.loss) == 0.0 and int(q.steps) == step
+        assert float(out.loss.detach()) == 0.0 and int(q.steps) == step
         if step < 3:
             assert torch.equal(codes_of(q), start)  # no code moves during the warm-up ...
             assert q.revival.filled == 10 * step  # ... while every latent (not only the 4 worst) is kept

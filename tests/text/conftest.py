@@ -30,6 +30,7 @@ TINY_TEXT = [
     "quantizer.inner_options.reservoir_per_step=16",
     "trainer.accelerator=cpu",
     "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
 ]
 # The gated quantizer's gate (unused by model=text_fixed, which has none).
 TINY_GATE = ["quantizer.width=16", "quantizer.depth=1", "quantizer.num_heads=2"]

@@ -130,7 +130,7 @@ def test_loss_terms_match_a_direct_computation() -> None:
                 bce -= m * math.log(p_in[slot]) + (1 - m) * math.log(1 - p_in[slot])
             mask_loss += float(q.gates[b, t].detach()) * bce / K
             i += 1
-    assert float(losses["rec"]) == pytest.approx(rec / (n_real * K), rel=1e-5)
+    assert float(losses["rec"].detach()) == pytest.approx(rec / (n_real * K), rel=1e-5)
     assert float(losses["mask"]) == pytest.approx(mask_loss / n_real, rel=1e-5)
     assert float(losses["compression"]) == pytest.approx(float(q.gates.sum()) / n_real, rel=1e-6)
 

@@ -7,4 +7,7 @@ from vqkit.callbacks.rank_consistency import RankConsistencyCheck
 from vqkit.callbacks.reconstruction_grid import ReconstructionGrid
 from vqkit.callbacks.reproducible_epochs import ReproducibleEpochs
 
-__all__ = ["AudioSamples", "CodebookUsagePlot", "ParameterSummary", "RankConsistencyCheck", "ReconstructionGrid", "ReproducibleEpochs"]
+__all__ = [
+    "AudioSamples", "CodebookUsagePlot", "ParameterSummary", "RankConsistencyCheck", "ReconstructionGrid",
+    "ReproducibleEpochs",
+]

@@ -9,6 +9,7 @@ parameters, then the totals, frozen buffers (a VQGAN-LC feature codebook) includ
 from __future__ import annotations
 
 import logging
+
 import lightning as L
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
@@ -30,7 +31,7 @@ def summary_lines(module: L.LightningModule) -> list[str]:
             rows.append((name, type(child).__name__, _count(trainable), _count(params - trainable), _count(buffers)))
     header = ("module", "type", "trainable", "frozen", "buffers")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     size_mb = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) / 2**20

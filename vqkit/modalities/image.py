@@ -94,4 +94,6 @@ class ConvImageDecoder(nn.Module):
             raise ValueError(
                 f"expected tokens (B, {h * w}, {self.latent_dim}) for grid {grid}, got {tuple(tokens.shape)}"
             )
-        return self.net(tokens.transpose(1, 2).reshape(b, d, h, w))
+        # contiguous: a reshaped transpose is a channels-last view, and the decoder would run (and DDP would bucket
+        # its 1x1 weight gradients) in that layout
+        return self.net(tokens.transpose(1, 2).reshape(b, d, h, w).contiguous())
