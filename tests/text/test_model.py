@@ -182,7 +182,8 @@ def test_fixed_baseline_cuts_every_k_bytes_and_at_row_ends() -> None:
     assert boundaries[1].nonzero().squeeze(1).tolist() == [3, 5]
     out, losses = loss_values(model, x)
     assert torch.equal(out.quantized.mask, boundaries)
-    assert float(losses["compression"].detach()) == 0.0 and float(out.quantized.losses["compression"]) > 0  # nothing to train
+    # nothing to train
+    assert float(losses["compression"].detach()) == 0.0 and float(out.quantized.losses["compression"]) > 0
     # fixed_length < max_token_len: a cut every fixed_length bytes
     q = GatedQuantizer(8, 16, segmentation="fixed", fixed_length=3, max_token_len=5)
     valid = torch.ones(1, 8, dtype=torch.bool)
