@@ -132,15 +132,20 @@ def two_artifacts(tmp_path: Path) -> tuple[Path, Path]:
     return dirs[0], dirs[1]
 
 
+def encoded_codes(artifact: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A stereo WAV encoded by ``artifact`` through the CLI: the codes file and its metadata."""
+    audio, codes = tmp_path / "in.wav", tmp_path / "in.codes.safetensors"
+    sf.write(audio, stereo(), 8000)
+    assert audio_cli(["encode", str(audio), str(codes), "--tokenizer", str(artifact)]) == 0
+    with safe_open(str(codes), framework="pt") as f:
+        return codes, f.metadata()
+
+
 def test_codes_file_records_its_tokenizer_and_another_one_refuses_it(two_artifacts, tmp_path: Path, capsys) -> None:
     from vqkit.models.identity import model_digest
 
     mine, other = two_artifacts
-    audio, codes = tmp_path / "in.wav", tmp_path / "in.codes.safetensors"
-    sf.write(audio, stereo(), 8000)
-    assert audio_cli(["encode", str(audio), str(codes), "--tokenizer", str(mine)]) == 0
-    with safe_open(str(codes), framework="pt") as f:
-        metadata = f.metadata()
+    codes, metadata = encoded_codes(mine, tmp_path)
     digest = model_digest(load_tokenizer(mine))
     assert digest.startswith("sha256:") and digest != model_digest(load_tokenizer(other))
     assert metadata["tokenizer_digest"] == digest
@@ -160,11 +165,7 @@ def test_codes_file_records_its_tokenizer_and_another_one_refuses_it(two_artifac
 
 def test_codes_file_without_a_digest_decodes_with_a_warning(two_artifacts, tmp_path: Path, capsys) -> None:
     mine, _ = two_artifacts
-    audio, codes = tmp_path / "in.wav", tmp_path / "in.codes.safetensors"
-    sf.write(audio, stereo(), 8000)
-    assert audio_cli(["encode", str(audio), str(codes), "--tokenizer", str(mine)]) == 0
-    with safe_open(str(codes), framework="pt") as f:
-        metadata = f.metadata()
+    codes, metadata = encoded_codes(mine, tmp_path)
     old = {k: v for k, v in metadata.items() if k in ("sample_rate", "length", "hop_length", "num_stages", "tokenizer")}
     save_file(load_file(str(codes)), str(codes), metadata=old)  # what vqkit wrote before it recorded identities
     capsys.readouterr()
