@@ -119,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         refuse_model_changes(resolved, stored, cfg, overrides)
         config_path = output_dir / "config.resumed.yaml"  # written once the resume is known to fit
     else:
-        config_path.write_text(OmegaConf.to_yaml(resolved))
+        write_atomically(config_path, OmegaConf.to_yaml(resolved).encode())
         record_overrides(cfg, output_dir)
 
     for step in cfg.get("prepare") or []:
@@ -171,7 +171,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seconds": round(time.time() - started, 1),
     }
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        write_atomically(output_dir / "metrics.json", json.dumps(result, indent=2).encode())
         print(summary_line(result), flush=True)
     return result
 
