@@ -41,6 +41,7 @@ class GeneratedCodebookQuantizer(VectorQuantizer):
         code_chunk: codes per tile of the nearest-code search.
         row_chunk: latents per tile of the nearest-code search.
         check_finite: raise on NaN/Inf latents, and on a NaN/Inf generated codebook in training.
+        estimator: gradient estimator of the hard step (``vqkit.quantizers.estimators``): ``ste`` | ``rotation``.
     """
 
     writable_codebook = False
@@ -55,6 +56,7 @@ class GeneratedCodebookQuantizer(VectorQuantizer):
         code_chunk: int = DEFAULT_CODE_CHUNK,
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
+        estimator: str = "ste",
     ) -> None:
         super().__init__(
             dim,
@@ -65,6 +67,7 @@ class GeneratedCodebookQuantizer(VectorQuantizer):
             code_chunk=code_chunk,
             row_chunk=row_chunk,
             check_finite=check_finite,
+            estimator=estimator,
         )
         self._cache: tuple[tuple, Tensor] | None = None
 

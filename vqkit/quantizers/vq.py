@@ -9,8 +9,8 @@ swapped loss weighting of taming's legacy quantizer, VQGAN-LC and GQ-VAE.
 
 Every hard backend is this class: ``ema_vq`` changes how the codes are stored and updated,
 ``vqgan_lc`` and ``vqbridge`` how the codebook is produced (``generate_codebook``); the input
-checks, the fp32 search, the straight-through estimator, the losses, the counts and the
-training-step updates are the ones here.
+checks, the fp32 search, the gradient estimator (``estimators.py``: straight-through or the rotation
+trick), the losses, the counts and the training-step updates are the ones here.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from vqkit.quantizers.base import Quantizer, QuantizerOutput, batch_usage_metrics
 from vqkit.quantizers.distributed import all_reduce_sum
+from vqkit.quantizers.estimators import check_estimator, estimate
 from vqkit.quantizers.registry import register_quantizer
 from vqkit.quantizers.revival import CodeRevival, resolve_strategy
 from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, kmeans, nearest_code
@@ -65,6 +66,10 @@ class VectorQuantizer(Quantizer):
         code_chunk: codes per tile of the nearest-code search.
         row_chunk: latents per tile of the nearest-code search.
         check_finite: raise on NaN/Inf latents (one reduction per step).
+        estimator: how the decoder's gradient reaches the latents through the hard step
+            (``vqkit.quantizers.estimators``): ``ste`` (straight-through, the identity) or ``rotation``
+            (the rotation trick of Fifty et al. 2024: a detached rotation and rescale that map z onto its code).
+            The forward value is the same for both.
     """
 
     # False for codebooks produced by a network (vqgan_lc, vqbridge): their codes are not rows that
@@ -95,6 +100,7 @@ class VectorQuantizer(Quantizer):
         code_chunk: int = DEFAULT_CODE_CHUNK,
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
+        estimator: str = "ste",
     ) -> None:
         super().__init__()
         if dim <= 0 or codebook_size <= 0:
@@ -114,6 +120,7 @@ class VectorQuantizer(Quantizer):
         self.code_chunk = code_chunk
         self.row_chunk = row_chunk
         self.check_finite = check_finite
+        self.estimator = check_estimator(estimator)
         if not self.writable_codebook and (kmeans_init or self.code_dim != dim or normalize):
             raise TypeError(
                 f"{type(self).__name__} generates its codebook from parameters: kmeans_init, code_dim and "
@@ -296,7 +303,7 @@ class VectorQuantizer(Quantizer):
                 loss = loss * 0.0
                 self._passthrough_step_updates(z_code.detach())
             else:
-                z_q_flat = self.from_code_space(z_code + (codes - z_code).detach())  # straight-through
+                z_q_flat = self.from_code_space(estimate(self.estimator, z_code, codes))  # value: codes
                 if self.training:
                     self._training_step_updates(z_code.detach(), indices, counts)
 

@@ -69,6 +69,7 @@ class VQBridgeQuantizer(GeneratedCodebookQuantizer):
         codebook_weight, commit_weight, swap_loss_weights: as ``vq`` (the official code: 1.0 / 0.25, not swapped).
         code_chunk, row_chunk: tile sizes of the nearest-code search.
         check_finite: raise on NaN/Inf latents.
+        estimator: gradient estimator of the hard step (``vqkit.quantizers.estimators``): ``ste`` | ``rotation``.
     """
 
     def __init__(
@@ -94,9 +95,11 @@ class VQBridgeQuantizer(GeneratedCodebookQuantizer):
         code_chunk: int = DEFAULT_CODE_CHUNK,
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
+        estimator: str = "ste",
     ) -> None:
         super().__init__(
-            dim, codebook_size, codebook_weight, commit_weight, swap_loss_weights, code_chunk, row_chunk, check_finite
+            dim, codebook_size, codebook_weight, commit_weight, swap_loss_weights, code_chunk, row_chunk, check_finite,
+            estimator,
         )
         if bridge not in BRIDGES:
             raise ValueError(f"bridge must be one of {BRIDGES}, got {bridge!r}")

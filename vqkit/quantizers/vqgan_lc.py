@@ -87,6 +87,7 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
             commit 1.0 + 0.33 codebook, i.e. ``codebook_weight=1.0, commit_weight=0.33, swap_loss_weights=True``.
         code_chunk, row_chunk: tile sizes of the nearest-code search.
         check_finite: raise on NaN/Inf latents.
+        estimator: gradient estimator of the hard step (``vqkit.quantizers.estimators``): ``ste`` | ``rotation``.
 
     Raises:
         FileNotFoundError: ``codebook_path`` does not exist (the message says how to build it).
@@ -109,9 +110,11 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
         code_chunk: int = DEFAULT_CODE_CHUNK,
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
+        estimator: str = "ste",
     ) -> None:
         super().__init__(
-            dim, codebook_size, codebook_weight, commit_weight, swap_loss_weights, code_chunk, row_chunk, check_finite
+            dim, codebook_size, codebook_weight, commit_weight, swap_loss_weights, code_chunk, row_chunk, check_finite,
+            estimator,
         )
         if projector not in PROJECTORS:
             raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
