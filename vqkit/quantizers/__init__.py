@@ -3,6 +3,7 @@
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
 from vqkit.quantizers.ema_vq import EMAVectorQuantizer
 from vqkit.quantizers.gq import GatedQuantizer, GatedQuantizerOutput
+from vqkit.quantizers.grouped import GroupedQuantizer
 from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
 from vqkit.quantizers.residual import ResidualQuantizer
 from vqkit.quantizers.softvq import SoftVectorQuantizer
@@ -14,6 +15,7 @@ __all__ = [
     "EMAVectorQuantizer",
     "GatedQuantizer",
     "GatedQuantizerOutput",
+    "GroupedQuantizer",
     "Quantizer",
     "QuantizerOutput",
     "ResidualQuantizer",

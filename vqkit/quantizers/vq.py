@@ -15,6 +15,8 @@ trick), the losses, the counts and the training-step updates are the ones here.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from vqkit.quantizers.base import Quantizer, QuantizerOutput, batch_usage_metrics
 from vqkit.quantizers.distributed import all_reduce_sum
 from vqkit.quantizers.estimators import check_estimator, estimate
+from vqkit.quantizers.grouped import GroupedQuantizer
 from vqkit.quantizers.registry import register_quantizer
 from vqkit.quantizers.revival import CodeRevival, resolve_strategy
 from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK, kmeans, nearest_code
@@ -70,11 +73,26 @@ class VectorQuantizer(Quantizer):
             (``vqkit.quantizers.estimators``): ``ste`` (straight-through, the identity) or ``rotation``
             (the rotation trick of Fifty et al. 2024: a detached rotation and rescale that map z onto its code).
             The forward value is the same for both.
+        num_groups: G > 1 splits every latent into G groups of ``dim / G`` channels, each quantized on its own
+            (``vqkit.quantizers.grouped``): the constructor then returns a ``GroupedQuantizer`` of G quantizers of
+            this class (every other option applies to each group), with ids (B, N, G). 1: this quantizer.
+        shared_codebook: with ``num_groups > 1``: one codebook for every group (True) or one per group (False).
     """
 
     # False for codebooks produced by a network (vqgan_lc, vqbridge): their codes are not rows that
     # k-means or revival could overwrite, and the bookkeeping buffers below stay out of checkpoints.
     writable_codebook: bool = True
+
+    def __new__(cls, *args, num_groups: int = 1, shared_codebook: bool = True, **kwargs):
+        """``num_groups > 1``: a ``GroupedQuantizer`` of quantizers of this class (so configs need no other target)."""
+        if num_groups == 1:
+            return super().__new__(cls)
+        if not cls.writable_codebook:
+            raise TypeError(
+                f"num_groups applies to the quantizers with a codebook of their own (vq, ema_vq); {cls.__name__} "
+                "generates its codebook from parameters: remove num_groups"
+            )
+        return GroupedQuantizer(cls, *args, num_groups=num_groups, shared_codebook=shared_codebook, **kwargs)
 
     def __init__(
         self,
@@ -101,8 +119,12 @@ class VectorQuantizer(Quantizer):
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
         estimator: str = "ste",
+        num_groups: int = 1,
+        shared_codebook: bool = True,
     ) -> None:
         super().__init__()
+        if num_groups != 1:  # __new__ built a GroupedQuantizer instead; only a direct __init__ call gets here
+            raise ValueError(f"num_groups={num_groups}: build the quantizer with VectorQuantizer(..., num_groups=...)")
         if dim <= 0 or codebook_size <= 0:
             raise ValueError(f"dim and codebook_size must be positive, got {dim} and {codebook_size}")
         self.dim = dim
@@ -355,6 +377,10 @@ class VectorQuantizer(Quantizer):
         ids = torch.full((b, n), -1, dtype=torch.long, device=z.device)
         ids[mask] = indices
         return z_q, ids
+
+
+# ``inspect.signature(VectorQuantizer)`` reads ``__new__`` first: point it at the constructor's real options.
+VectorQuantizer.__new__.__signature__ = inspect.signature(VectorQuantizer.__init__)
 
 
 def mean_squared_error(a: Tensor, b: Tensor) -> Tensor:
