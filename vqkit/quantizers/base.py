@@ -95,7 +95,14 @@ class Quantizer(nn.Module, ABC):
         """(K, D_code) the codebook the search runs against, after any projector."""
 
     def check_finite_input(self, z: Tensor) -> None:
-        """Raise if ``z`` holds NaN/Inf (backends call it when their ``check_finite`` option is on)."""
+        """Raise if ``z`` holds NaN/Inf (backends call it when their ``check_finite`` option is on).
+
+        Under ``torch.compile`` the check is an asynchronous assertion inside the graph (a Python branch on a
+        tensor's value would break it); eager runs raise the error below.
+        """
+        if torch.compiler.is_compiling():
+            torch._assert_async(torch.isfinite(z).all(), "quantizer received NaN/Inf latents")
+            return
         if not torch.isfinite(z).all():
             raise FloatingPointError(
                 f"{type(self).__name__} received NaN/Inf latents {tuple(z.shape)}: the encoder diverged "

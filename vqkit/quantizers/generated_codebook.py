@@ -89,7 +89,9 @@ class GeneratedCodebookQuantizer(VectorQuantizer):
         if self.training:
             self._cache = None
             codes = self.generate_codebook()
-            if self.check_finite and not torch.isfinite(codes).all():
+            if self.check_finite and torch.compiler.is_compiling():  # in-graph assertion: no Python branch
+                torch._assert_async(torch.isfinite(codes).all(), "the generated codebook holds NaN/Inf")
+            elif self.check_finite and not torch.isfinite(codes).all():
                 raise FloatingPointError(
                     f"{type(self).__name__}: the generated codebook holds NaN/Inf; lower the learning rate."
                 )

@@ -52,7 +52,8 @@ def nearest_code(
         e_sq = codebook.pow(2).sum(1) if codebook_sq_norms is None else codebook_sq_norms.float()
         best_d = torch.empty(n, device=z.device)
         best_i = torch.empty(n, device=z.device, dtype=torch.long)
-        on_cpu = z.device.type == "cpu"
+        # (under torch.compile the GPU form: the row picking has data-dependent shapes a graph cannot hold)
+        on_cpu = z.device.type == "cpu" and not torch.compiler.is_compiling()
         for r0 in range(0, n, row_chunk):
             zr = z[r0 : r0 + row_chunk]
             run_d = torch.full((zr.shape[0],), float("inf"), device=z.device)

@@ -310,7 +310,7 @@ class VectorQuantizer(Quantizer):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z_flat = z.float()[mask] if mask is not None else z.float().reshape(-1, self.dim)  # (M, D)
             z_code = self.to_code_space(z_flat)  # (M, C)
-            if self.training and not bool(self.initialized):
+            if self.training and self.kmeans_init and not bool(self.initialized):
                 self._collect_for_kmeans(z_code)
             codebook = self.codebook  # (K, C)
             indices, _ = nearest_code(z_code.detach(), codebook.detach(), self.code_chunk, self.row_chunk)
@@ -335,13 +335,16 @@ class VectorQuantizer(Quantizer):
     # --- internals ------------------------------------------------------------------------
     @torch.no_grad()
     def _training_step_updates(self, z_code: Tensor, indices: Tensor, counts: Tensor) -> None:
+        # Host-side decisions only where an option asks for them, so that with k-means, revival and pass-through
+        # off a training step is one graph (torch.compile(fullgraph=True)).
         global_counts = all_reduce_sum(counts.clone())
-        if global_counts.sum() == 0:  # every position of every rank was masked out
+        if indices.numel() == 0 and int(global_counts.sum()) == 0:  # every position of every rank was masked out
             return
         self._update_codebook(z_code, indices, global_counts)
         self.code_usage.lerp_(global_counts.to(self.code_usage.dtype), 1.0 - self.usage_decay)
         self.steps += 1
-        self.revival.step(self, z_code, indices, global_counts, int(self.steps))
+        if self.revival.strategy != "none":
+            self.revival.step(self, z_code, indices, global_counts, int(self.steps))
 
     @torch.no_grad()
     def _passthrough_step_updates(self, z_code: Tensor) -> None:
