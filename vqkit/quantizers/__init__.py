@@ -1,8 +1,11 @@
 """Quantizer backends behind one contract (``base.py``); importing this package registers them."""
 
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.bsq import BinarySphericalQuantizer
 from vqkit.quantizers.ema_vq import EMAVectorQuantizer
+from vqkit.quantizers.fsq import FiniteScalarQuantizer
 from vqkit.quantizers.gq import GatedQuantizer, GatedQuantizerOutput
+from vqkit.quantizers.lfq import LookupFreeQuantizer
 from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
 from vqkit.quantizers.residual import ResidualQuantizer
 from vqkit.quantizers.softvq import SoftVectorQuantizer
@@ -11,9 +14,12 @@ from vqkit.quantizers.vqbridge import VQBridgeQuantizer
 from vqkit.quantizers.vqgan_lc import VQGANLCQuantizer
 
 __all__ = [
+    "BinarySphericalQuantizer",
     "EMAVectorQuantizer",
+    "FiniteScalarQuantizer",
     "GatedQuantizer",
     "GatedQuantizerOutput",
+    "LookupFreeQuantizer",
     "Quantizer",
     "QuantizerOutput",
     "ResidualQuantizer",
