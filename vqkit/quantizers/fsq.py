@@ -7,10 +7,13 @@ collapse. Latents of another width pass through a Linear in and out (``CodeProje
 
 Bound. For L levels, with half-width h = (L - 1)(1 - eps) / 2 and offset o = 0.5 for even L (0 for odd):
 
-    bound(z) = tanh(z + atanh(o / h)) * h - o
+    bound(z) = tanh(z + tan(o / h)) * h - o
 
 so that round(bound(z)) takes exactly L integer values (-L/2 .. L/2 - 1 for even L, -(L-1)/2 .. (L-1)/2
-for odd) and bound(0) = 0. The code is round(bound(z)) / (L // 2), with a straight-through gradient.
+for odd). The shift tan(o / h) is the official code's (google-research FSQ colab, paper appendix A.1);
+atanh(o / h) would put bound(0) at exactly 0 (vector-quantize-pytorch, with a (1 + eps) margin) and differs
+from it by < 1e-5 for L >= 5, but with the (1 - eps) margin it is undefined for L = 2 (o / h > 1).
+The code is round(bound(z)) / (L // 2), with a straight-through gradient.
 
 Ids. Mixed radix, first coordinate least significant: id = sum_i digit_i * prod_{j<i} levels[j], with
 digit_i = round(bound(z_i)) + L_i // 2 in [0, L_i). ``decode`` inverts it exactly (a bijection of
@@ -58,7 +61,8 @@ def resolve_levels(levels: Sequence[int] | None, codebook_size: int | None) -> t
     """
     if levels is None:
         if codebook_size is None:
-            raise ValueError("fsq needs `levels` (e.g. [8, 8, 8, 5, 5, 5]) or a `codebook_size` with recommended levels")
+            raise ValueError("fsq needs `levels` (e.g. [8, 8, 8, 5, 5, 5]) or a `codebook_size` that has "
+                             "recommended levels (e.g. 64000)")
         if int(codebook_size) not in RECOMMENDED_LEVELS:
             table = ", ".join(f"{k}: {list(v)}" for k, v in RECOMMENDED_LEVELS.items())
             raise ValueError(
@@ -128,7 +132,7 @@ class FiniteScalarQuantizer(Quantizer):
         levels = self._levels.to(z.dtype)
         half = (levels - 1) * (1 - self.eps) / 2
         offset = (self._levels % 2 == 0).to(z.dtype) * 0.5
-        return torch.tanh(z + torch.atanh(offset / half)) * half - offset
+        return torch.tanh(z + torch.tan(offset / half)) * half - offset
 
     def quantize(self, z: Tensor) -> Tensor:
         """(..., C) -> codes in [-1, 1] (..., C), rounded with a straight-through gradient, in z's dtype."""
