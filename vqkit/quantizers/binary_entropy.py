@@ -17,7 +17,7 @@ which gives, over M tokens u_1..u_M:
   memory (8 MiB plus 1 MiB at K = 2^18 and M = 2048; the official Open-MAGVIT2 code forms the full
   M x K softmax instead, 2 GiB there). ``group_bits=g`` is BSQ's official approximation: the bits split
   into groups of g, and the batch entropy is the sum over groups of the entropy of each group's mean
-  distribution (an upper bound of the exact value; equal to it for one group, g >= d).
+  distribution (an upper bound of the exact value, by subadditivity; equal to it for one group, g >= d).
 
 The sign convention is the one of the ids: bit i set <=> u_i > 0 <=> code coordinate +s, weight 2^i.
 """
@@ -87,8 +87,9 @@ def batch_entropy(logits: Tensor, group_bits: int | None, eps: float) -> Tensor:
 
     Args:
         logits: (M, d) per-bit logits of the (unmasked) tokens.
-        group_bits: None for the exact value; g (dividing d, or >= d for one group) for the sum of the
-            entropies of the mean distributions of the d / g groups of consecutive bits.
+        group_bits: None for the exact value; g for the sum of the entropies of the mean distributions of the
+            groups of g consecutive bits (the last one holds the remainder when g does not divide d; g >= d: one
+            group, the exact value). bsq-vit requires g to divide d; the remainder group extends it.
         eps: inside the log, as the official code.
     """
     d = logits.shape[1]

@@ -60,8 +60,8 @@ class LookupFreeQuantizer(Quantizer):
         entropy_weight: weight of the entropy penalty (Open-MAGVIT2 and vector-quantize-pytorch: 0.1).
         gamma: weight of ``batch_entropy`` inside the penalty (Open-MAGVIT2's batch_maximization_weight: 1).
         temperature: T of the distance softmax (Open-MAGVIT2: 0.01, i.e. inverse temperature 100).
-        group_bits: None: exact batch entropy; g: BSQ's grouped approximation over groups of g bits
-            (must divide d, or be >= d: one group, exact).
+        group_bits: None: exact batch entropy; g: BSQ's grouped approximation over groups of g consecutive bits
+            (the last group holds the remainder when g does not divide d; g >= d: one group, exact).
         check_finite: raise on NaN/Inf latents.
 
     Example::
@@ -95,15 +95,10 @@ class LookupFreeQuantizer(Quantizer):
         if group_bits is not None:
             if isinstance(group_bits, bool) or not isinstance(group_bits, int) or group_bits < 1:
                 raise ValueError(f"{name} group_bits must be a positive integer or null (exact), got {group_bits}")
-            if group_bits < self.bits and self.bits % group_bits:
-                raise ValueError(
-                    f"{name} group_bits={group_bits} must divide the {self.bits} bits of codebook_size "
-                    f"2^{self.bits} (or be >= {self.bits}: one group, exact)"
-                )
         if (group_bits is None or group_bits >= self.bits) and self.bits > MAX_EXACT_BITS:
             raise ValueError(
-                f"{name}: an exact batch entropy over 2^{self.bits} codes is too large; set group_bits to a divisor "
-                f"of {self.bits} (BSQ's grouped approximation), or use codebook_size <= 2^{MAX_EXACT_BITS}"
+                f"{name}: an exact batch entropy over 2^{self.bits} codes is too large; set group_bits (BSQ's grouped "
+                f"approximation, e.g. 9), or use codebook_size <= 2^{MAX_EXACT_BITS}"
             )
         self.dim = dim
         self.codebook_size = int(codebook_size)
