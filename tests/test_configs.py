@@ -103,6 +103,8 @@ def test_group_option_composes_and_instantiates(group: str, option: str, make_co
         overrides += [f"data.root={root}"]
     if group == "quantizer" and option == "gq":  # the text models' quantizer (tests/test_model_quantizer_pairs.py)
         overrides.append("model=text_gq")
+    if group == "quantizer" and option == "fsq":  # levels for the fast settings' 32 codes (its default has 64,000)
+        overrides.append("quantizer.levels=[4,4,2]")
     if group == "recipe":
         overrides = recipe_overrides(option)
     if group == "trainer":

@@ -29,6 +29,7 @@ STEP_AND_VALIDATE = [*ONE_STEP, "+trainer.val_check_interval=1", "+trainer.limit
 # Tiny settings of the quantizers whose defaults do not fit the fast overrides (32 codes, 8-dim tokens).
 TINY_QUANTIZER = {
     "residual": ["quantizer.num_stages=2"],
+    "fsq": ["quantizer.levels=[4,4,2]"],  # 32 codes (FSQ's codebook_size must equal prod(levels))
     # dit bridge: a square number of codes. Codes from a normal raw codebook plus the bridge: a fresh bridge alone
     # gives codes of about 1e-3, where a conv decoder's GroupNorm magnifies the rounding of z + (q - z) past 1e-5.
     "vqbridge": ["quantizer.codebook_size=16", "quantizer.width=16", "quantizer.depth=1", "quantizer.num_heads=2",

@@ -1,9 +1,12 @@
 """Quantizer backends behind one contract (``base.py``); importing this package registers them."""
 
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.bsq import BinarySphericalQuantizer
 from vqkit.quantizers.ema_vq import EMAVectorQuantizer
+from vqkit.quantizers.fsq import FiniteScalarQuantizer
 from vqkit.quantizers.gq import GatedQuantizer, GatedQuantizerOutput
 from vqkit.quantizers.grouped import GroupedQuantizer
+from vqkit.quantizers.lfq import LookupFreeQuantizer
 from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
 from vqkit.quantizers.residual import ResidualQuantizer
 from vqkit.quantizers.softvq import SoftVectorQuantizer
@@ -12,10 +15,13 @@ from vqkit.quantizers.vqbridge import VQBridgeQuantizer
 from vqkit.quantizers.vqgan_lc import VQGANLCQuantizer
 
 __all__ = [
+    "BinarySphericalQuantizer",
     "EMAVectorQuantizer",
+    "FiniteScalarQuantizer",
     "GatedQuantizer",
     "GatedQuantizerOutput",
     "GroupedQuantizer",
+    "LookupFreeQuantizer",
     "Quantizer",
     "QuantizerOutput",
     "ResidualQuantizer",
