@@ -3,8 +3,8 @@
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
 from vqkit.quantizers.ema_vq import EMAVectorQuantizer
 from vqkit.quantizers.gq import GatedQuantizer, GatedQuantizerOutput
-from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
 from vqkit.quantizers.ibq import IBQuantizer
+from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
 from vqkit.quantizers.residual import ResidualQuantizer
 from vqkit.quantizers.simvq import SimVQQuantizer
 from vqkit.quantizers.softvq import SoftVectorQuantizer

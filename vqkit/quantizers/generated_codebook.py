@@ -150,7 +150,8 @@ class FrozenProjectedQuantizer(GeneratedCodebookQuantizer):
     def _set_frozen_codebook(self, features: Tensor, projector: nn.Module) -> None:
         if features.dim() != 2 or features.shape[0] != self.codebook_size:
             raise ValueError(
-                f"{type(self).__name__}: the frozen codebook must be ({self.codebook_size}, F), got {tuple(features.shape)}"
+                f"{type(self).__name__}: the frozen codebook must be ({self.codebook_size}, F), "
+                f"got {tuple(features.shape)}"
             )
         self.feature_dim = int(features.shape[1])
         self.register_buffer("features", features)  # (K, F), frozen

@@ -13,7 +13,9 @@ the gradient to ``z`` and ``E``. Memory is O(row_chunk x code_chunk + (N + K) x 
 - ``softmax_entropies(z, E, temperature)``: the mean per-row entropy of softmax(z E^T / T) and the entropy
   of the mean distribution over the rows (the MAGVIT-v2 / IBQ entropy terms).
 
-Both run in the dtype of their inputs (the quantizers pass fp32).
+Both run in the dtype of their inputs (the quantizers pass fp32). Exponents are floored at -87 (e^-87 is about
+fp32's smallest normal number): subnormal arithmetic is 10-100x slower on CPUs, and at temperature 0.01 most
+terms would be subnormal; the floor changes a sum of K terms, the largest of which is 1, by at most K e^-87.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK
+
+EXP_FLOOR = -87.0
+
+
+def _exp_(x: Tensor) -> Tensor:
+    """exp of ``x`` (<= 0) in place, floored at e^-87 (no subnormals)."""
+    return x.clamp_min_(EXP_FLOOR).exp_()
 
 
 def _check(z: Tensor, codebook: Tensor, code_chunk: int, row_chunk: int) -> None:
@@ -58,7 +67,7 @@ class _SoftmaxStraightThrough(torch.autograd.Function):
                 new_max = torch.maximum(run_max, tile_max)
                 if need_soft:
                     rescale = torch.exp(run_max - new_max)  # 0 at the first tile
-                    weights = torch.exp(logits - new_max.unsqueeze(1))  # (R, C)
+                    weights = _exp_(logits.sub_(new_max.unsqueeze(1)))  # (R, C), in place: one tile buffer
                     run_sum = run_sum * rescale + weights.sum(1)
                     run_soft = run_soft * rescale.unsqueeze(1) + weights @ codes
                 run_max = new_max
@@ -85,8 +94,8 @@ class _SoftmaxStraightThrough(torch.autograd.Function):
             zr, gr = z[rows], grad_zq[rows]
             for c0 in range(0, codebook.shape[0], code_chunk):
                 codes = codebook[c0 : c0 + code_chunk]
-                probs = torch.exp(zr @ codes.T - lse[rows].unsqueeze(1))  # (R, C)
-                dlogits = probs * (gr @ codes.T - centre[rows].unsqueeze(1))
+                probs = _exp_((zr @ codes.T).sub_(lse[rows].unsqueeze(1)))  # (R, C)
+                dlogits = (gr @ codes.T).sub_(centre[rows].unsqueeze(1)).mul_(probs)
                 grad_z[rows] += dlogits @ codes
                 grad_e[c0 : c0 + code_chunk] += dlogits.T @ zr
         return grad_z, grad_e, None, None, None
@@ -102,15 +111,15 @@ class _SoftmaxEntropies(torch.autograd.Function):
         lse = z.new_empty(n)  # log sum_k exp(l'_k), l' = l / T
         mean_logit = z.new_empty(n)  # sum_k p_k l'_k
         for r0 in range(0, n, row_chunk):
-            zr = z[r0 : r0 + row_chunk]
+            zr = z[r0 : r0 + row_chunk] / temperature  # l' = (z / T) E^T: one scaling of (R, D), not of (R, C)
             run_max = zr.new_full((zr.shape[0],), float("-inf"))
             run_sum = zr.new_zeros(zr.shape[0])
             run_dot = zr.new_zeros(zr.shape[0])
             for c0 in range(0, k, code_chunk):
-                logits = zr @ codebook[c0 : c0 + code_chunk].T / temperature  # (R, C)
+                logits = zr @ codebook[c0 : c0 + code_chunk].T  # (R, C)
                 new_max = torch.maximum(run_max, logits.amax(dim=1))
                 rescale = torch.exp(run_max - new_max)
-                weights = torch.exp(logits - new_max.unsqueeze(1))
+                weights = _exp_(logits - new_max.unsqueeze(1))
                 run_sum = run_sum * rescale + weights.sum(1)
                 run_dot = run_dot * rescale + (weights * logits).sum(1)
                 run_max = new_max
@@ -120,10 +129,10 @@ class _SoftmaxEntropies(torch.autograd.Function):
         # second pass: the mean distribution over the rows, (K,)
         mean_probs = z.new_zeros(k)
         for r0 in range(0, n, row_chunk):
-            zr = z[r0 : r0 + row_chunk]
+            zr = z[r0 : r0 + row_chunk] / temperature
             for c0 in range(0, k, code_chunk):
-                logits = zr @ codebook[c0 : c0 + code_chunk].T / temperature
-                mean_probs[c0 : c0 + code_chunk] += torch.exp(logits - lse[r0 : r0 + row_chunk].unsqueeze(1)).sum(0)
+                logits = zr @ codebook[c0 : c0 + code_chunk].T
+                mean_probs[c0 : c0 + code_chunk] += _exp_(logits.sub_(lse[r0 : r0 + row_chunk].unsqueeze(1))).sum(0)
         mean_probs /= n
         avg_entropy = -(mean_probs * torch.log(mean_probs + eps)).sum()
         ctx.save_for_backward(z, codebook, lse, mean_logit, mean_probs)
@@ -140,22 +149,24 @@ class _SoftmaxEntropies(torch.autograd.Function):
         grad_z = torch.zeros_like(z)
         grad_e = torch.zeros_like(codebook)
         w_sample, w_avg = grad_sample / (n * temperature), grad_avg / (n * temperature)
+        # dl'_nk = p_nk (w_avg slope_k - w_sample l'_nk + w_sample E_p[l'] - w_avg E_p[slope]), the last two per row:
+        # d mean_n H(p_n) / dl' = -p (l' - E_p[l']) / N ; d H(q) / dl' = p (slope - E_p[slope]) / N
+        per_code = w_avg * slope  # (K,)
         for r0 in range(0, n, row_chunk):
             rows = slice(r0, r0 + row_chunk)
-            zr, lse_r = z[rows], lse[rows].unsqueeze(1)
-            expected_slope = zr.new_zeros(zr.shape[0])  # sum_k p_k slope_k, needs a pass of its own
+            zt, lse_r = z[rows] / temperature, lse[rows].unsqueeze(1)
+            expected_slope = zt.new_zeros(zt.shape[0])  # sum_k p_k slope_k, needs a pass of its own
             for c0 in range(0, k, code_chunk):
-                probs = torch.exp(zr @ codebook[c0 : c0 + code_chunk].T / temperature - lse_r)
+                probs = _exp_((zt @ codebook[c0 : c0 + code_chunk].T).sub_(lse_r))
                 expected_slope += probs @ slope[c0 : c0 + code_chunk]
+            per_row = (w_sample * mean_logit[rows] - w_avg * expected_slope).unsqueeze(1)  # (R, 1)
             for c0 in range(0, k, code_chunk):
                 codes = codebook[c0 : c0 + code_chunk]
-                logits = zr @ codes.T / temperature
-                probs = torch.exp(logits - lse_r)
-                # d mean_n H(p_n) / dl' = -p (l' - E_p[l']) / N ; d H(q) / dl' = p (slope - E_p[slope]) / N
-                dlogits = probs * (w_avg * (slope[c0 : c0 + code_chunk] - expected_slope.unsqueeze(1))
-                                   - w_sample * (logits - mean_logit[rows].unsqueeze(1)))
+                logits = zt @ codes.T  # (R, C)
+                probs = _exp_(logits - lse_r)
+                dlogits = logits.mul_(-w_sample).add_(per_code[c0 : c0 + code_chunk]).add_(per_row).mul_(probs)
                 grad_z[rows] += dlogits @ codes
-                grad_e[c0 : c0 + code_chunk] += dlogits.T @ zr
+                grad_e[c0 : c0 + code_chunk] += dlogits.T @ z[rows]
         return grad_z, grad_e, None, None, None, None
 
 
@@ -181,7 +192,8 @@ def softmax_straight_through(z: Tensor, codebook: Tensor, code_chunk: int = DEFA
 
 
 def softmax_entropies(z: Tensor, codebook: Tensor, temperature: float = 1.0, eps: float = 1e-5,
-                      code_chunk: int = DEFAULT_CODE_CHUNK, row_chunk: int = DEFAULT_ROW_CHUNK) -> tuple[Tensor, Tensor]:
+                      code_chunk: int = DEFAULT_CODE_CHUNK,
+                      row_chunk: int = DEFAULT_ROW_CHUNK) -> tuple[Tensor, Tensor]:
     """Entropies of p_n = softmax(z_n . codebook^T / temperature), in tiles, differentiable.
 
     Args:
