@@ -206,3 +206,70 @@ def _check_passthrough(a: dict, b: dict, single: dict) -> None:
         assert _near(after, centre) > 0, (centre, after)
     assert _near(single["codebooks"][1], CENTRES[1]) == 0
     assert a["reservoir_filled"] == b["reservoir_filled"] == 0  # emptied by the revival at step 4
+
+
+# Backends whose codebook is parameters (ibq) or parameters over a frozen buffer (simvq): no statistics to reduce.
+PARAMETER_KINDS = ("simvq", "ibq")
+
+
+def _train_parameters_only(kind: str, rank: int, world: int) -> dict:
+    """DDP as Lightning runs it: each rank builds from its own global seed, rank 0's parameters (not buffers) are
+    broadcast, gradients are averaged. The frozen buffers must then agree without any broadcast of theirs."""
+    torch.manual_seed(100 + rank)
+    q = build_quantizer(kind, dim=D, codebook_size=K)
+    if world > 1:
+        for p in q.parameters():
+            dist.broadcast(p.data, src=0)
+    opt = torch.optim.SGD(q.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1000 + rank)
+    for _ in range(STEPS):
+        out = q(CENTRES[rank] + 0.5 * torch.randn(2, 32, D, generator=g))
+        opt.zero_grad()
+        (out.loss + out.z_q.pow(2).mean()).backward()
+        for p in q.parameters():
+            if world > 1:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+        opt.step()
+    return {k: v.detach().clone() for k, v in q.state_dict().items()}
+
+
+def _parameter_worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    try:
+        results = {kind: _train_parameters_only(kind, rank, WORLD) for kind in PARAMETER_KINDS}
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        results["single"] = {kind: _train_parameters_only(kind, 0, 1) for kind in PARAMETER_KINDS}
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_parameter_codebooks_stay_identical_across_ranks(tmp_path):
+    ctx = mp.start_processes(
+        _parameter_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not ctx.join(timeout=2):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
+    assert [p.exitcode for p in ctx.processes] == [0] * WORLD
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for kind in PARAMETER_KINDS:
+        a, b, single = r0[kind], r1[kind], r0["single"][kind]
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{kind}: {key} differs between ranks"
+        learned = "projector.weight" if kind == "simvq" else "embedding"
+        assert not torch.allclose(a[learned], single[learned])  # both ranks' gradients were used

@@ -1,4 +1,4 @@
-"""vqgan_lc and vqbridge are ``VectorQuantizer`` subclasses that change only how the codebook is produced."""
+"""vqgan_lc, vqbridge and simvq are ``VectorQuantizer`` subclasses that change only how the codebook is produced."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import vqkit.quantizers
-from vqkit.quantizers import VectorQuantizer, VQBridgeQuantizer, VQGANLCQuantizer, build_quantizer
+from vqkit.quantizers import SimVQQuantizer, VectorQuantizer, VQBridgeQuantizer, VQGANLCQuantizer, build_quantizer
 from vqkit.quantizers.generated_codebook import GeneratedCodebookQuantizer
 
 D = 4
 OPTIONS = {
     "vqgan_lc": {"codebook_size": 64, "feature_dim": 6},
     "vqbridge": {"codebook_size": 64, "width": 16, "num_heads": 2, "depth": 1, "residual": True},
+    "simvq": {"codebook_size": 64, "frozen_dim": 6},
 }
 # Outputs of the code before vqgan_lc/vqbridge became VectorQuantizer subclasses (commit 84a09a6), for
 # `trained(name)` below: ids of the third forward, its loss and the sum of its z_q. In issue 14 vqgan_lc left
@@ -47,9 +48,9 @@ def test_subclasses_of_the_plain_vq_that_keep_its_forward(name):
     assert issubclass(cls, VectorQuantizer) and issubclass(cls, GeneratedCodebookQuantizer)
     for method in ("forward", "decode", "encode", "_weighted_losses", "_training_step_updates"):
         assert getattr(cls, method) is getattr(VectorQuantizer, method), method
-    assert {VQGANLCQuantizer, VQBridgeQuantizer} == {c for c in vars(vqkit.quantizers).values()
+    assert {VQGANLCQuantizer, VQBridgeQuantizer, SimVQQuantizer} == {c for c in vars(vqkit.quantizers).values()
                                                    if isinstance(c, type) and issubclass(c, GeneratedCodebookQuantizer)
-                                                   and c is not GeneratedCodebookQuantizer}
+                                                   and c.__module__ != GeneratedCodebookQuantizer.__module__}
 
 
 @pytest.mark.parametrize("name", BEFORE)
@@ -90,7 +91,8 @@ def test_checkpoints_keep_their_keys(name):
     q = build_quantizer(name, dim=D, **OPTIONS[name])
     keys = set(q.state_dict())
     assert not keys & {"initialized", "code_usage", "steps", "embedding"}
-    expected = {"vqgan_lc": {"features", "projector.weight", "projector.bias"}}.get(name)
+    frozen_and_projector = {"features", "projector.weight", "projector.bias"}
+    expected = {"vqgan_lc": frozen_and_projector, "simvq": frozen_and_projector}.get(name)
     if expected is not None:
         assert keys == expected
     else:

@@ -6,9 +6,11 @@ from vqkit.quantizers.ema_vq import EMAVectorQuantizer
 from vqkit.quantizers.fsq import FiniteScalarQuantizer
 from vqkit.quantizers.gq import GatedQuantizer, GatedQuantizerOutput
 from vqkit.quantizers.grouped import GroupedQuantizer
+from vqkit.quantizers.ibq import IBQuantizer
 from vqkit.quantizers.lfq import LookupFreeQuantizer
 from vqkit.quantizers.registry import build_quantizer, list_quantizers, register_quantizer
 from vqkit.quantizers.residual import ResidualQuantizer
+from vqkit.quantizers.simvq import SimVQQuantizer
 from vqkit.quantizers.softvq import SoftVectorQuantizer
 from vqkit.quantizers.vq import VectorQuantizer
 from vqkit.quantizers.vqbridge import VQBridgeQuantizer
@@ -21,10 +23,12 @@ __all__ = [
     "GatedQuantizer",
     "GatedQuantizerOutput",
     "GroupedQuantizer",
+    "IBQuantizer",
     "LookupFreeQuantizer",
     "Quantizer",
     "QuantizerOutput",
     "ResidualQuantizer",
+    "SimVQQuantizer",
     "SoftVectorQuantizer",
     "VQBridgeQuantizer",
     "VQGANLCQuantizer",

@@ -1,10 +1,12 @@
-"""What is specific to hard VQ over a codebook that a trainable network produces (vqgan_lc, vqbridge).
+"""What is specific to hard VQ over a codebook that a trainable network produces (vqgan_lc, vqbridge, simvq).
 
 The forward is ``VectorQuantizer``'s. What differs is where the codebook comes from: the subclass's
 ``generate_codebook()`` recomputes the whole (K, D) codebook from parameters, in fp32 (``fp32_call``),
 every training forward; in eval mode it is cached until a parameter or buffer changes. A generated
 code is not a row, so k-means initialisation, code_dim/normalize and dead-code revival are not
 offered; ``bake()`` turns the current codebook into a plain ``vq`` quantizer that has all of them.
+``FrozenProjectedQuantizer`` is the common case of vqgan_lc and simvq: a frozen (K, F) buffer mapped to the
+codes by one trained projector, so every code moves with the projector's parameters.
 """
 
 from __future__ import annotations
@@ -133,3 +135,33 @@ class GeneratedCodebookQuantizer(VectorQuantizer):
         ).to(codes.device)
         plain.embedding.data.copy_(codes)
         return plain.eval()
+
+
+def random_frozen_codebook(codebook_size: int, width: int, seed: int, std: float) -> Tensor:
+    """(K, F) N(0, std^2) codes drawn from their own generator: the same on every rank whatever the global seed."""
+    return torch.randn(codebook_size, width, generator=torch.Generator().manual_seed(seed)) * std
+
+
+class FrozenProjectedQuantizer(GeneratedCodebookQuantizer):
+    """``GeneratedCodebookQuantizer`` whose codes are ``projector(features)``: a frozen buffer through a trained map.
+
+    Subclasses call ``_set_frozen_codebook`` once in ``__init__``: ``features`` (K, F) becomes a buffer (saved with
+    the weights, never a parameter, so no optimizer moves it) and ``projector`` (F -> D) the only trained part.
+    """
+
+    features: Tensor
+    projector: nn.Module
+
+    def _set_frozen_codebook(self, features: Tensor, projector: nn.Module) -> None:
+        if features.dim() != 2 or features.shape[0] != self.codebook_size:
+            raise ValueError(
+                f"{type(self).__name__}: the frozen codebook must be ({self.codebook_size}, F), "
+                f"got {tuple(features.shape)}"
+            )
+        self.feature_dim = int(features.shape[1])
+        self.register_buffer("features", features)  # (K, F), frozen
+        self.projector = projector
+
+    def generate_codebook(self) -> Tensor:
+        """(K, D) fp32 ``projector(features)``, differentiable in the projector's parameters only."""
+        return fp32_call(self.projector, self.features)

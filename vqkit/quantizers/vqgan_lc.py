@@ -10,7 +10,7 @@ every code moves through the shared projector, codes the batch never selects sti
 the latent distribution, which keeps usage near 100% at very large K.
 
 The quantizer is ``vq``'s forward over ``generate_codebook() = projector(features)``
-(``generated_codebook.GeneratedCodebookQuantizer``). Building the codebook file is a separate
+(``generated_codebook.FrozenProjectedQuantizer``, shared with simvq). Building the codebook file is a separate
 preparation step: the constructor only reads it.
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from vqkit.quantizers.codebook_file import BUILD_HINT, load_codebook
-from vqkit.quantizers.generated_codebook import GeneratedCodebookQuantizer, fp32_call
+from vqkit.quantizers.generated_codebook import FrozenProjectedQuantizer, random_frozen_codebook
 from vqkit.quantizers.registry import register_quantizer
 from vqkit.quantizers.search import DEFAULT_CODE_CHUNK, DEFAULT_ROW_CHUNK
 
@@ -57,7 +57,7 @@ def normalize_features(features: Tensor, mode: str) -> Tensor:
 
 
 @register_quantizer("vqgan_lc")
-class VQGANLCQuantizer(GeneratedCodebookQuantizer):
+class VQGANLCQuantizer(FrozenProjectedQuantizer):
     """Straight-through VQ over ``projector(frozen_features)``.
 
     Args:
@@ -145,7 +145,7 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
                 seed,
                 BUILD_HINT,
             )
-            features = torch.randn(codebook_size, width, generator=torch.Generator().manual_seed(seed))
+            features = random_frozen_codebook(codebook_size, width, seed, std=1.0)
             self.source = f"random (seed {seed})"
         self.codebook_path = codebook_path
         self.placeholder = not codebook_path and seed is None
@@ -153,9 +153,7 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
             feature_norm = "none" if projector_init == "identity" else "center_rms"
         self.feature_norm = feature_norm
         features = normalize_features(features, feature_norm)
-        self.feature_dim = int(features.shape[1])
-        self.register_buffer("features", features)  # (K, F), frozen: a buffer, never a parameter
-        self.projector = build_projector(projector, self.feature_dim, dim, projector_hidden)
+        self._set_frozen_codebook(features, build_projector(projector, int(features.shape[1]), dim, projector_hidden))
         if projector_init == "identity":
             if projector != "linear" or self.feature_dim != dim:
                 raise ValueError(
@@ -186,7 +184,7 @@ class VQGANLCQuantizer(GeneratedCodebookQuantizer):
                 "dict) but no state dict was loaded; set quantizer.codebook_path to a codebook file, or seed to a "
                 "number for a random frozen codebook"
             )
-        return fp32_call(self.projector, self.features)
+        return super().generate_codebook()
 
     def extra_repr(self) -> str:
         return f"K={self.codebook_size}, features={self.feature_dim} -> {self.dim}, codebook={self.source}"
