@@ -38,6 +38,14 @@ codebook that 100 steps cannot undo) and ``vq_kmeans_file`` (plain ``vq`` starte
 k-means file: the control showing how much of the large-K usage within this short budget comes from
 the codebook's start rather than from the method).
 
+The quantizers users pick instead (``NEW_BACKENDS``: one row each, registry name and options per K): ``fsq``
+(the FSQ paper's levels for K ~ 2^10 / 2^14 / 2^16 / 2^18: 1,000 / 15,360 / 64,000 / 262,144 codes), ``lfq``,
+``bsq``, ``simvq`` and ``ibq`` at ``codebook_size=K``. Their held-out ids come from the quantizer's own
+``encode`` where the code of a vector is not its nearest neighbour in ``q.codebook`` (FSQ / LFQ / BSQ round
+a projection of it; IBQ takes the largest logit), so ``tree = own search`` does not apply there; SimVQ's
+codes C W are searched by the tree as the others. A backend or option that is not registered in this
+checkout is recorded as ``missing-backend``.
+
 Usage over N held-out vectors cannot exceed min(1, N / K); with codes hit at random it is about
 1 - exp(-N / K), so ``--heldout`` should be many times the largest K (the default gives 16 per code at
 K = 262,144).
@@ -60,12 +68,13 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402  (a sibling script module)
+from backend_check import MISSING, missing_backend  # noqa: E402  (sibling script modules)
+from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 RESULT_TAG = "CODEBOOK_UTILIZATION_RESULT "
@@ -73,7 +82,18 @@ THREADS = 2  # default of --threads
 GIB = 1 << 30
 REFERENCE = "vqp.VectorQuantize"
 REFERENCE_PACKAGE = "vector-quantize-pytorch"
-BACKENDS = ("vq", "vq_revival", "ema_vq", "softvq", "vqgan_lc", "vqbridge", "vqbridge_kmeans", REFERENCE)
+# The quantizers users pick instead: registry name, options besides dim per K, and how held-out ids are found
+# ("tree": the exact k-d tree over q.codebook; "encode": the quantizer's own encode). Adjust after merging them.
+FSQ_LEVELS = {1024: (8, 5, 5, 5), 16384: (8, 8, 8, 6, 5), 65536: (8, 8, 8, 5, 5, 5), 262144: (8, 8, 8, 8, 8, 8)}
+NEW_BACKENDS: dict[str, tuple[str, Callable[[int], dict[str, Any]], str]] = {
+    "fsq": ("fsq", lambda k: {"levels": list(FSQ_LEVELS[k])}, "encode"),
+    "lfq": ("lfq", lambda k: {"codebook_size": k}, "encode"),
+    "bsq": ("bsq", lambda k: {"codebook_size": k}, "encode"),
+    "simvq": ("simvq", lambda k: {"codebook_size": k}, "tree"),
+    "ibq": ("ibq", lambda k: {"codebook_size": k}, "encode"),
+}
+BACKENDS = ("vq", "vq_revival", "ema_vq", "softvq", "vqgan_lc", "vqbridge", "vqbridge_kmeans", *NEW_BACKENDS,
+            REFERENCE)
 DIAGNOSTIC_BACKENDS = ("vqgan_lc_paper_init", "vq_kmeans_file")  # opt-in with --backends
 COLUMNS = (
     "backend", "K", "D", "status", "usage", "usage_bound_random", "perplexity", "dead_codes", "mse", "step_s",
@@ -180,6 +200,9 @@ def _build(backend: str, k: int, d: int, train: Any, seed: int, features: Path) 
         return build_quantizer("softvq", dim=d, codebook_size=k), 0.0
     if backend == "vqbridge":
         return build_quantizer("vqbridge", dim=d, codebook_size=k), 0.0  # the official start and geometry
+    if backend in NEW_BACKENDS:
+        name, options, _ = NEW_BACKENDS[backend]
+        return build_quantizer(name, dim=d, **options(k)), 0.0
     path, kmeans_s = _kmeans_codebook(train, k, seed, features)
     if backend in ("vqgan_lc", "vqgan_lc_paper_init"):
         init = "normal" if backend == "vqgan_lc_paper_init" else "identity"
@@ -230,9 +253,11 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
     q, kmeans_s = _build(backend, k, d, train, spec["seed"], Path(spec["features"]))
     q.train()
     setup_s = time.perf_counter() - start
+    is_ref = backend == REFERENCE
+    if not is_ref:
+        k = int(q.codebook_size)  # FSQ: the product of its levels
     if kmeans_s and setup_s < kmeans_s:  # the shared k-means file came from the cache: count its build time
         setup_s += kmeans_s
-    is_ref = backend == REFERENCE
     encoder, decoder = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
     for layer in (encoder, decoder):
         torch.nn.init.eye_(layer.weight)
@@ -262,29 +287,20 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         z = torch.cat([encoder(heldout[i : i + spec["eval_chunk"]]) for i in range(0, heldout.shape[0],
                                                                                    spec["eval_chunk"])])
-        codebook = q.codebook.detach().float()
-        if backend == "softvq":  # its ids are the argmax of cosine logits = nearest unit code to the unit latent
-            search_z = torch.nn.functional.normalize(z, dim=-1) if q.normalize else z
+        if backend in NEW_BACKENDS and NEW_BACKENDS[backend][2] == "encode":
+            ids = torch.cat([q.encode(part.unsqueeze(0)).reshape(-1) for part in z.split(spec["eval_chunk"])])
+            ids_match = None  # the ids are the quantizer's own
         else:
-            search_z = z
-        ids = _nearest_ids(codebook, search_z, spec["threads"])
-        # the tree must find codes as near as the quantizer's own search (ids may differ between duplicate,
-        # equidistant codes): compare the distances on the first CHECK_ROWS held-out vectors
-        check = search_z[:CHECK_ROWS]
-        # in parts: the reference and softvq materialise rows x K distances / probabilities
-        parts = [row.unsqueeze(0) for row in z[:CHECK_ROWS].split(2048)]
-        own = torch.cat([(q(part)[1] if is_ref else q.encode(part)).reshape(-1) for part in parts])
-        own_d = (check - codebook[own]).pow(2).sum(-1)
-        tree_d = (check - codebook[ids[:CHECK_ROWS]]).pow(2).sum(-1)
-        ids_match = float(((own_d - tree_d).abs() <= 1e-5 * (1 + own_d)).float().mean())
+            ids, ids_match = _tree_ids(q, z, backend, is_ref, spec["threads"])
         counts = torch.bincount(ids, minlength=k)
-        codes = codebook[ids] if is_ref else q.decode(ids.unsqueeze(0)).squeeze(0)
+        codes = q.codebook.detach().float()[ids] if is_ref else q.decode(ids.unsqueeze(0)).squeeze(0)
         sq_err = float((decoder(codes) - heldout).pow(2).sum())
     eval_s = time.perf_counter() - t0
     p = counts.double() / counts.sum()
     perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
     used = int((counts > 0).sum())
     return {
+        "K": k,
         "usage": used / k,
         "perplexity": perplexity,
         "dead_codes": k - used,
@@ -295,6 +311,28 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "eval_s": eval_s,
         "peak_rss_mib": proc_status_kib("VmHWM") / 1024,
     }
+
+
+def _tree_ids(q: Any, z: Any, backend: str, is_ref: bool, threads: int) -> tuple[Any, float]:
+    """Held-out ids (N,) by the exact k-d tree over ``q.codebook`` of the latents ``z`` (N, D), and the share of
+    the first CHECK_ROWS for which the tree's code is as near as the code of the quantizer's own search."""
+    import torch
+
+    codebook = q.codebook.detach().float()
+    if backend == "softvq":  # its ids are the argmax of cosine logits = nearest unit code to the unit latent
+        search_z = torch.nn.functional.normalize(z, dim=-1) if q.normalize else z
+    else:
+        search_z = z
+    ids = _nearest_ids(codebook, search_z, threads)
+    # the tree must find codes as near as the quantizer's own search (ids may differ between duplicate,
+    # equidistant codes): compare the distances on the first CHECK_ROWS held-out vectors
+    check = search_z[:CHECK_ROWS]
+    # in parts: the reference and softvq materialise rows x K distances / probabilities
+    parts = [row.unsqueeze(0) for row in z[:CHECK_ROWS].split(2048)]
+    own = torch.cat([(q(part)[1] if is_ref else q.encode(part)).reshape(-1) for part in parts])
+    own_d = (check - codebook[own]).pow(2).sum(-1)
+    tree_d = (check - codebook[ids[:CHECK_ROWS]]).pow(2).sum(-1)
+    return ids, float(((own_d - tree_d).abs() <= 1e-5 * (1 + own_d)).float().mean())
 
 
 def _child_main(spec_json: str) -> None:
@@ -334,9 +372,16 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
                  _fmt(r.get("dead_codes")), _fmt(r.get("mse"), 3), _fmt(r.get("step_s"), 3),
                  _fmt(r.get("setup_s"), 3), _fmt(r.get("eval_s"), 3),
                  f"{r['peak_rss_mib']:.0f}" if ok else "",
-                 f"{100 * r['ids_match']:.2f}%" if ok else ""]
+                 _ids_match(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ids_match(row: dict[str, Any]) -> str:
+    """The ``tree = own search`` cell: a share, "n/a" where the ids are the quantizer's own, or empty."""
+    if row["status"] != "ok":
+        return ""
+    return "n/a (own encode)" if row.get("ids_match") is None else f"{100 * row['ids_match']:.2f}%"
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -395,6 +440,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         draw.text((width - 198, y), name, fill="black")
     draw.text((width - 220, margin + 22 * len(backends) + 10), "missing point = not ok (see table)", fill="black")
     img.save(path)
+
+
+def _new_backend_cell(backend: str, k: int) -> tuple[int, tuple[str, str] | None]:
+    """The codebook size of ``backend``'s cell at nominal ``k`` (FSQ: the product of its levels) and, when it
+    cannot run here, (status, reason): the backend or an option is missing, or FSQ has no levels for ``k``."""
+    if backend not in NEW_BACKENDS:
+        return k, None
+    name, options, _ = NEW_BACKENDS[backend]
+    if name == "fsq" and k not in FSQ_LEVELS:
+        missing = missing_backend(name, ["levels"])
+        if missing:
+            return k, (MISSING, missing)
+        return k, (f"not run (no FSQ_LEVELS entry for K ~ {k})", "add one to FSQ_LEVELS")
+    missing = missing_backend(name, options(k))
+    size = math.prod(FSQ_LEVELS[k]) if name == "fsq" else k
+    return size, None if missing is None else (MISSING, missing)
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -500,15 +561,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     cells = [(k, b) for k in args.ks for b in args.backends]
     for i, (k, backend) in enumerate(cells, 1):
         t0 = time.perf_counter()
+        k_cell, why_not = _new_backend_cell(backend, k)
         if backend == REFERENCE and ref_version is None:
             result = {"status": f"skipped ({REFERENCE_PACKAGE} not installed: `make bench` installs it)"}
+        elif why_not is not None:
+            result = {"status": why_not[0]}
+            print(f"  {backend}: {why_not[1]}", flush=True)
         else:
             spec = {"task": "cell", "threads": args.threads, "backend": backend, "k": k, "features": str(features),
                     "steps": args.steps, "batch": args.batch, "lr": args.lr, "eval_chunk": args.eval_chunk,
                     "seed": args.seed}
             result = _run_child(spec, args.mem_cap_gib, args.timeout)
-        bound = 1.0 - math.exp(-args.heldout / k)  # expected usage if every vector hit a random code
-        rows.append({"backend": backend, "K": k, "D": args.dim, "steps": args.steps, "batch": args.batch,
+        bound = 1.0 - math.exp(-args.heldout / k_cell)  # expected usage if every vector hit a random code
+        rows.append({"backend": backend, "K": k_cell, "D": args.dim, "steps": args.steps, "batch": args.batch,
                      "heldout": args.heldout, "usage_bound_random": bound, **result})
         _write_csv(stem.with_suffix(".csv"), rows)
         summary = (f"usage {100 * result['usage']:.2f}% mse {result['mse']:.4g} {result['step_s']:.3g} s/step"

@@ -14,7 +14,14 @@ same codebook (K, D) for every implementation):
   peak memory of vqkit's ``vq`` and ``ema_vq`` and of vector-quantize-pytorch's
   ``VectorQuantize`` configured the same way (learnable codebook / EMA with decay
   0.99, commitment weight 0.25, plain straight-through, no k-means, no dead-code
-  replacement), and reference_time / vqkit_time for each pair that both ran.
+  replacement), and reference_time / vqkit_time for each pair that both ran;
+* the same for the quantizers users pick instead, each against vector-quantize-pytorch's
+  own: vqkit ``fsq`` vs ``FSQ`` at the levels of ``--fsq-levels`` (K = 1,000 / 15,360 /
+  64,000 / 262,144), vqkit ``lfq`` vs ``LFQ`` at ``--lfq-ks`` (2^10, 2^14, 2^18), and vqkit
+  ``vq`` with ``estimator="rotation"`` vs ``VectorQuantize(rotation_trick=True)`` at ``--ks``.
+  Each side keeps its library's defaults otherwise (vqkit's in ``VQKIT_OPTIONS``, vqp's in
+  ``REFERENCE_OPTIONS``); a vqkit backend or option that is not there yet gets status
+  ``missing-backend``.
 
 Why subprocesses: every cell (implementation x K x D) runs in its own child process,
 so its peak RSS (VmHWM, read in the child) is its own, and an out-of-memory cell
@@ -50,7 +57,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402  (a sibling script module)
+from backend_check import MISSING, missing_backend  # noqa: E402  (sibling script modules)
+from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 RESULT_TAG = "QUANTIZER_SPEED_RESULT "
@@ -63,16 +71,47 @@ VQKIT_VQ = "vqkit.vq"
 VQKIT_EMA = "vqkit.ema_vq"
 REF_VQ = "vqp.vq"
 REF_EMA = "vqp.ema_vq"
-IMPLS = (SEARCH, VQKIT_VQ, VQKIT_EMA, REF_VQ, REF_EMA)
-REFERENCE_IMPLS = (REF_VQ, REF_EMA)
-REFERENCE_OF = {VQKIT_VQ: REF_VQ, VQKIT_EMA: REF_EMA}
+VQKIT_ROTATION = "vqkit.vq_rotation"
+REF_ROTATION = "vqp.vq_rotation"
+VQKIT_FSQ = "vqkit.fsq"
+REF_FSQ = "vqp.fsq"
+VQKIT_LFQ = "vqkit.lfq"
+REF_LFQ = "vqp.lfq"
+IMPLS = (SEARCH, VQKIT_VQ, VQKIT_EMA, REF_VQ, REF_EMA, VQKIT_ROTATION, REF_ROTATION, VQKIT_FSQ, REF_FSQ, VQKIT_LFQ,
+         REF_LFQ)
+REFERENCE_IMPLS = (REF_VQ, REF_EMA, REF_ROTATION, REF_FSQ, REF_LFQ)
+REFERENCE_OF = {VQKIT_VQ: REF_VQ, VQKIT_EMA: REF_EMA, VQKIT_ROTATION: REF_ROTATION, VQKIT_FSQ: REF_FSQ,
+                VQKIT_LFQ: REF_LFQ}
 REFERENCE_PACKAGE = "vector-quantize-pytorch"
+FSQ_IMPLS = (VQKIT_FSQ, REF_FSQ)  # run at --fsq-levels (K = product of the levels)
+LFQ_IMPLS = (VQKIT_LFQ, REF_LFQ)  # run at --lfq-ks
+FSQ_LEVELS = ("8,5,5,5", "8,8,8,6,5", "8,8,8,5,5,5", "8,8,8,8,8,8")  # K = 1,000 / 15,360 / 64,000 / 262,144
+LFQ_KS = (1 << 10, 1 << 14, 1 << 18)
+# The vqkit side of the new comparisons: registry name and keyword arguments besides dim (adjust after merging the
+# backends); `k` is the codebook size, `levels` the FSQ levels of the cell.
+VQKIT_OPTIONS: dict[str, tuple[str, Callable[[int, list[int] | None], dict[str, Any]]]] = {
+    VQKIT_VQ: ("vq", lambda k, levels: {"codebook_size": k}),
+    VQKIT_EMA: ("ema_vq", lambda k, levels: {"codebook_size": k}),
+    VQKIT_ROTATION: ("vq", lambda k, levels: {"codebook_size": k, "estimator": "rotation"}),
+    VQKIT_FSQ: ("fsq", lambda k, levels: {"levels": levels}),
+    VQKIT_LFQ: ("lfq", lambda k, levels: {"codebook_size": k}),
+}
+# vector-quantize-pytorch 1.32.0 settings; everything else is the class's default.
+REFERENCE_OPTIONS: dict[str, str] = {
+    REF_VQ: "VectorQuantize(learnable_codebook=True, ema_update=False, commitment_weight=0.25, rotation_trick=False)",
+    REF_EMA: "VectorQuantize(decay=0.99, commitment_weight=0.25, rotation_trick=False)",
+    REF_ROTATION: "VectorQuantize(learnable_codebook=True, ema_update=False, commitment_weight=0.25, "
+                  "rotation_trick=True)",
+    REF_FSQ: "FSQ(levels, dim=D)",
+    REF_LFQ: "LFQ(dim=D, codebook_size=K) (entropy_loss_weight 0.1, commitment 0)",
+}
 
 COLUMNS = (
     "impl",
     "K",
     "N",
     "D",
+    "levels",
     "status",
     "search_s",
     "search_gflops",
@@ -127,28 +166,46 @@ def _child_matmul(spec: dict[str, Any]) -> dict[str, Any]:
     return {"peak_gflops": 2 * size**3 / t / 1e9, "same_shape_gflops": same_shape, **baseline}
 
 
-def _build_quantizer(impl: str, dim: int, codebook_size: int, codebook: Any) -> Any:
-    """The quantizer ``impl`` in training mode, its codes set to ``codebook`` (K, D)."""
-    if impl in (VQKIT_VQ, VQKIT_EMA):
+def _build_quantizer(impl: str, dim: int, codebook_size: int, codebook: Any, levels: list[int] | None) -> Any:
+    """The quantizer ``impl`` in training mode; nearest-code ones get their codes set to ``codebook`` (K, D)."""
+    if impl in VQKIT_OPTIONS:
         from vqkit import build_quantizer
 
-        q = build_quantizer(impl.removeprefix("vqkit."), dim=dim, codebook_size=codebook_size)
-        if impl == VQKIT_VQ:
+        name, options = VQKIT_OPTIONS[impl]
+        q = build_quantizer(name, dim=dim, **options(codebook_size, levels))
+        if impl in (VQKIT_VQ, VQKIT_ROTATION):
             q.embedding.data.copy_(codebook)
-        else:
+        elif impl == VQKIT_EMA:
             q.embed.copy_(codebook)
             q.embed_avg.copy_(codebook)
+    elif impl == REF_FSQ:
+        from vector_quantize_pytorch import FSQ
+
+        q = FSQ(levels=levels, dim=dim)
+    elif impl == REF_LFQ:
+        from vector_quantize_pytorch import LFQ
+
+        q = LFQ(dim=dim, codebook_size=codebook_size)
     else:
         from vector_quantize_pytorch import VectorQuantize
 
-        common = {"dim": dim, "codebook_size": codebook_size, "commitment_weight": 0.25, "rotation_trick": False}
-        if impl == REF_VQ:
+        common = {"dim": dim, "codebook_size": codebook_size, "commitment_weight": 0.25,
+                  "rotation_trick": impl == REF_ROTATION}
+        if impl in (REF_VQ, REF_ROTATION):
             q = VectorQuantize(**common, learnable_codebook=True, ema_update=False)
         else:
             q = VectorQuantize(**common, decay=0.99)
         q._codebook.embed.data.copy_(codebook.unsqueeze(0))
         q._codebook.embed_avg.copy_(codebook.unsqueeze(0))
     return q.train()
+
+
+def vqkit_missing(impl: str) -> str | None:
+    """Why the vqkit side of ``impl`` cannot be built here (backend not registered, option unknown), else None."""
+    if impl not in VQKIT_OPTIONS:
+        return None
+    name, options = VQKIT_OPTIONS[impl]
+    return missing_backend(name, options(1024, [8, 5, 5, 5]))
 
 
 def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +215,8 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
     impl, n, d, k = spec["impl"], spec["n"], spec["dim"], spec["k"]
     gen = torch.Generator().manual_seed(spec["seed"])
     z = torch.randn(1, n, d, generator=gen)
-    codebook = torch.randn(k, d, generator=gen)
+    # only nearest-code quantizers take a codebook (FSQ / LFQ have implicit codes: no K x D tensor in their peak)
+    codebook = None if impl in FSQ_IMPLS + LFQ_IMPLS else torch.randn(k, d, generator=gen)
     if impl == SEARCH:
         from vqkit.quantizers.search import nearest_code
 
@@ -168,9 +226,9 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
             nearest_code(z_flat, codebook)
 
     else:
-        q = _build_quantizer(impl, d, k, codebook)
+        q = _build_quantizer(impl, d, k, codebook, spec.get("levels"))
         z.requires_grad_(True)
-        is_vqkit = impl in (VQKIT_VQ, VQKIT_EMA)
+        is_vqkit = impl in VQKIT_OPTIONS
 
         def run() -> None:
             z.grad = None
@@ -178,6 +236,9 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
             if is_vqkit:
                 out = q(z)
                 z_q, loss = out.z_q, out.loss
+            elif impl == REF_FSQ:  # FSQ has no loss: (codes, indices)
+                z_q, _ = q(z)
+                loss = z_q.new_zeros(())
             else:
                 z_q, _, loss = q(z)
             (loss + z_q.sum()).backward()
@@ -208,9 +269,11 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}g}"
 
 
-def _cell_row(impl: str, k: int, n: int, d: int, result: dict[str, Any], matmul: dict[str, Any]) -> dict[str, Any]:
+def _cell_row(impl: str, k: int, n: int, d: int, result: dict[str, Any], matmul: dict[str, Any],
+              levels: list[int] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
-    row.update(impl=impl, K=k, N=n, D=d, status=result["status"])
+    row.update(impl=impl, K=k, N=n, D=d, status=result["status"],
+               levels="x".join(map(str, levels)) if levels else None)
     if result["status"] != "ok":
         return row
     row.update(peak_rss_mib=result["peak_rss_mib"], repeats=result["repeats"])
@@ -249,15 +312,16 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| impl | K | D | status | search s | search GFLOP/s | % of peak matmul | % of same-shape matmul "
+        "| impl | K | D | levels | status | search s | search GFLOP/s | % of peak matmul | % of same-shape matmul "
         "| fwd+bwd s | peak RSS MiB | speedup vs reference | repeats |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         cells = [
             r["impl"],
             str(r["K"]),
             str(r["D"]),
+            r["levels"] or "",
             r["status"],
             _fmt(r["search_s"]),
             _fmt(r["search_gflops"], 3),
@@ -301,8 +365,13 @@ def _markdown(
             f"- Peak RSS: the child process's VmHWM, including ~{matmul['baseline_rss_mib']:.0f} MiB for the "
             f"interpreter and torch; address space capped at {args.mem_cap_gib:g} GiB per cell (importing torch "
             f"alone maps ~{matmul['baseline_vm_gib']:.1f} GiB of it); per-cell timeout {args.timeout:g} s",
-            "- Reference: `VectorQuantize(learnable_codebook=True, ema_update=False)` for vqp.vq and "
-            "`VectorQuantize(decay=0.99)` for vqp.ema_vq, both with `commitment_weight=0.25, rotation_trick=False`",
+            "- Reference settings (vector-quantize-pytorch; other arguments its defaults): "
+            + "; ".join(f"{impl}: `{text}`" for impl, text in REFERENCE_OPTIONS.items()),
+            "- vqkit settings (besides `dim`; other arguments the backend's defaults): "
+            + "; ".join(f"{impl}: `{name}` {sorted(options(1024, [8, 5, 5, 5]))}"
+                        for impl, (name, options) in VQKIT_OPTIONS.items()),
+            f"- FSQ cells at `--fsq-levels` (K = product of the levels), LFQ cells at `--lfq-ks`; `{MISSING}`: the "
+            "vqkit backend or option is not in this checkout",
             "- speedup vs reference = reference fwd+bwd time / vqkit fwd+bwd time",
             "",
             table,
@@ -317,6 +386,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--dims", type=int, nargs="+", default=[8, 256], help="latent widths D")
     parser.add_argument("--n", type=int, default=16384, help="query vectors N")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to run")
+    parser.add_argument("--fsq-levels", nargs="+", default=list(FSQ_LEVELS),
+                        help="FSQ levels per cell, comma-separated (K = their product)")
+    parser.add_argument("--lfq-ks", type=int, nargs="+", default=list(LFQ_KS), help="LFQ codebook sizes (powers of 2)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per cell after the warm-up (best kept)")
     parser.add_argument(
         "--slow-run-s", type=float, default=30.0, help="time a single run when the warm-up took longer than this"
@@ -329,7 +401,21 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    for text in args.fsq_levels:
+        if not all(v.strip().isdigit() and int(v) >= 2 for v in text.split(",")):
+            parser.error(f"--fsq-levels {text!r}: give comma-separated integers >= 2 per cell, e.g. 8,5,5,5")
     return args
+
+
+def _grid(args: argparse.Namespace) -> list[tuple[int, int, str, list[int] | None]]:
+    """(K, D, impl, FSQ levels or None) of every cell: nearest-code impls at --ks, then FSQ, then LFQ."""
+    nearest = [i for i in args.impls if i not in FSQ_IMPLS + LFQ_IMPLS]
+    fsq = [i for i in args.impls if i in FSQ_IMPLS]
+    lfq = [i for i in args.impls if i in LFQ_IMPLS]
+    levels = [[int(v) for v in text.split(",")] for text in args.fsq_levels]
+    return ([(k, d, impl, None) for k in args.ks for d in args.dims for impl in nearest]
+            + [(math.prod(lv), d, impl, lv) for lv in levels for d in args.dims for impl in fsq]
+            + [(k, d, impl, None) for k in args.lfq_ks for d in args.dims for impl in lfq])
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -356,12 +442,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         flush=True,
     )
 
-    cells = [(k, d, impl) for k in args.ks for d in args.dims for impl in args.impls]
+    cells = _grid(args)
+    missing = {impl: vqkit_missing(impl) for impl in args.impls}
     rows: list[dict[str, Any]] = []
-    for i, (k, d, impl) in enumerate(cells, 1):
+    for i, (k, d, impl, levels) in enumerate(cells, 1):
         start = time.perf_counter()
         if impl in REFERENCE_IMPLS and ref_version is None:
             result = {"status": f"skipped ({REFERENCE_PACKAGE} not installed)"}
+        elif missing[impl]:
+            result = {"status": MISSING}
         else:
             spec = {
                 "task": "cell",
@@ -372,14 +461,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "seed": args.seed,
                 "repeats": args.repeats,
                 "slow_run_s": args.slow_run_s,
+                "levels": levels,
             }
             result = _run_child(spec, args.mem_cap_gib, args.timeout)
-        rows.append(_cell_row(impl, k, args.n, d, result, matmul))
+        rows.append(_cell_row(impl, k, args.n, d, result, matmul, levels))
         _write_csv(csv_path, rows)
         summary = (
             f"{result['seconds']:.4g} s, peak RSS {result['peak_rss_mib']:.0f} MiB"
             if result["status"] == "ok"
-            else result["status"]
+            else result["status"] + (f" ({missing[impl]})" if missing.get(impl) else "")
         )
         print(
             f"[{i:>{len(str(len(cells)))}}/{len(cells)}] {impl:<18} K={k:<7} D={d:<4} {summary} "

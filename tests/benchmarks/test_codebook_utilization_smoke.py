@@ -78,3 +78,25 @@ def test_tree_search_matches_argmin_with_duplicate_codes() -> None:
     z = torch.randn(3000, 8, generator=g)
     expected, _ = nearest_code(z, codebook)  # ties between copies go to the lowest id
     assert torch.equal(bench._nearest_ids(codebook, z, 1), expected)
+
+
+def test_new_backends_run_in_process_or_are_recorded_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_benchmark("codebook_utilization")
+    monkeypatch.setitem(bench.FSQ_LEVELS, 16, (4, 4))
+    monkeypatch.setitem(bench.NEW_BACKENDS, "no_such", ("no_such_backend", lambda k: {"codebook_size": k}, "encode"))
+    monkeypatch.setattr(bench, "BACKENDS", (*bench.BACKENDS, "no_such"))
+    features = tmp_path / "features.pt"
+    bench._child_features({"threads": 1, "train": 256, "heldout": 256, "dim": 4, "seed": 0, "path": str(features)})
+    present = [b for b in bench.NEW_BACKENDS if bench._new_backend_cell(b, 16)[1] is None]
+    for backend in present:  # the backends merged into this checkout: the real cell, in-process
+        result = bench._child_cell({"threads": 1, "k": 16, "features": str(features), "steps": 3, "batch": 32,
+                                    "lr": 1e-3, "eval_chunk": 100, "seed": 0, "backend": backend})
+        assert result["K"] == 16 and 0 < result["usage"] <= 1, backend
+        assert math.isfinite(result["mse"]) and result["mse"] > 0, backend
+    missing = [b for b in bench.NEW_BACKENDS if b not in present]
+    assert "no_such" in missing
+    rows = bench.main(["--ks", "16", "--backends", *missing, "--steps", "2", "--batch", "32", "--train", "256",
+                       "--heldout", "256", "--dim", "4", "--threads", "1", "--features", str(features), "--out-dir",
+                       str(tmp_path)])
+    assert [(r["backend"], r["status"]) for r in rows] == [(b, "missing-backend") for b in missing]
+    assert "| no_such | 16 | missing-backend |" in (tmp_path / "codebook_utilization.md").read_text()
