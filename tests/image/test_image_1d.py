@@ -260,8 +260,9 @@ def test_config_sizes_and_interpolations(make_config) -> None:
 
 @pytest.mark.parametrize("quantizer", compatible_quantizers(ImageTokenizer))  # gq is refused: see compat
 def test_trains_with_every_quantizer(quantizer: str, make_config) -> None:
+    tiny = ["quantizer.levels=[4,4,2]"] if quantizer == "fsq" else []  # fsq: prod(levels) = the fast settings' 32
     result = train(
-        make_config(*TRAIN_OVERRIDES, f"quantizer={quantizer}", "trainer.max_steps=3", "test=false", fast=False)
+        make_config(*TRAIN_OVERRIDES, f"quantizer={quantizer}", *tiny, "trainer.max_steps=3", "test=false", fast=False)
     )
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
     ckpt = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)

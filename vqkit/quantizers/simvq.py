@@ -37,6 +37,7 @@ class SimVQQuantizer(FrozenProjectedQuantizer):
         swap_loss_weights: apply ``codebook_weight`` to ``commit`` and vice versa (the official ``legacy=True``).
         code_chunk, row_chunk: tile sizes of the nearest-code search.
         check_finite: raise on NaN/Inf latents, and on a NaN/Inf generated codebook in training.
+        estimator: gradient estimator of the hard step (``vqkit.quantizers.estimators``): ``ste`` | ``rotation``.
     """
 
     def __init__(
@@ -52,9 +53,11 @@ class SimVQQuantizer(FrozenProjectedQuantizer):
         code_chunk: int = DEFAULT_CODE_CHUNK,
         row_chunk: int = DEFAULT_ROW_CHUNK,
         check_finite: bool = True,
+        estimator: str = "ste",
     ) -> None:
         super().__init__(
-            dim, codebook_size, codebook_weight, commit_weight, swap_loss_weights, code_chunk, row_chunk, check_finite
+            dim, codebook_size, codebook_weight, commit_weight, swap_loss_weights, code_chunk, row_chunk, check_finite,
+            estimator,
         )
         width = frozen_dim or dim
         if width <= 0:
