@@ -189,3 +189,31 @@ def test_ensure_codebook_writes_with_normal_permissions(tmp_path, monkeypatch):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_build_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
+    """As a training's `prepare` step the build runs after `seed=` seeded the run: resetting the global RNG
+    to --seed there made every seed initialise the model the same way."""
+    import random
+
+    import numpy as np
+
+    def features_drawing_from_the_global_rng(args, progress=True):
+        torch.rand(3), random.random(), np.random.rand()  # what a data pipeline or a model init may do
+        return fake_features(args, progress)
+
+    monkeypatch.setattr(codebook_tool, "extract_features", features_drawing_from_the_global_rng)
+    draws = []
+    for run_seed in (1, 2):
+        torch.manual_seed(run_seed), random.seed(run_seed), np.random.seed(run_seed)
+        expected = (torch.rand(4), random.random(), np.random.rand())
+        torch.manual_seed(run_seed), random.seed(run_seed), np.random.seed(run_seed)
+        ensure_codebook(tmp_path / f"cb{run_seed}.safetensors", 8, progress=False)
+        after = (torch.rand(4), random.random(), np.random.rand())
+        torch.testing.assert_close(after[0], expected[0])
+        assert after[1:] == expected[1:]
+        draws.append(after[0])
+    assert not torch.equal(draws[0], draws[1])  # two run seeds still give two inits
+    # the codebook itself depends on --seed only: both files are the same
+    torch.testing.assert_close(load_codebook(tmp_path / "cb1.safetensors")[0],
+                               load_codebook(tmp_path / "cb2.safetensors")[0])

@@ -25,16 +25,19 @@ keeps an existing file that fits and otherwise writes the file atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import math
 import os
+import random
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
@@ -254,8 +257,31 @@ def build_codebook(argv: list[str] | None = None, progress: bool = True, **optio
         setattr(args, key, value)
     if args.out is None:
         args.out = str(default_out(args))
-    torch.manual_seed(args.seed)
-    features, labels, meta = extract_features(args, progress)
+    # The build seeds its own random streams from --seed and gives the caller's back untouched: run as a
+    # training's `prepare` step, it must not reset the RNG that `seed=` set for the model's init and data order.
+    with preserved_random_state():
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        np.random.seed(args.seed % 2**32)
+        features, labels, meta = extract_features(args, progress)
+        return _cluster_and_save(args, argv, options, features, labels, meta, progress)
+
+
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's (CPU and every CUDA device's) random state on exit."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _cluster_and_save(args: argparse.Namespace, argv: list[str] | None, options: dict[str, Any], features: Tensor,
+                      labels: Tensor | None, meta: dict[str, Any], progress: bool) -> Path:
+    """k-means of the features into the codebook file, with the metadata that says how it was made."""
     per_class = bool(args.per_class and labels is not None)
     if args.per_class and labels is None:
         log.warning("--per-class ignored: the %s data has no labels; clustering all features together", args.data)
