@@ -19,8 +19,10 @@ Writes ``quantizer_zoo.csv``, ``.md`` and ``.png`` (PSNR per backend, grouped by
     python benchmarks/quantizer_zoo.py                                   # the whole grid
     python benchmarks/quantizer_zoo.py --backends vq fsq --sizes 1024    # a part of it
 
-Usage is bounded by the test tokens: 128 crops x 144 tokens = 18,432, so at K = 262,144 at most 7.0% of the
-codes can be hit (column ``max usage``).
+Usage is bounded by the test tokens (column ``max usage``). The test split is ``make train``'s 128 held-out crops
+(144 tokens each) at K = 1,024; at larger K more crops of the same held-out photos are drawn, up to 16 tokens per
+code (``--test-tokens-per-code``) and at most 8,192 crops (``--max-test-crops``): 1,821 crops at 16,384, 8,192
+at 262,144 (4.5 tokens per code, max usage 98.9%).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ METRICS_FILE = "zoo_metrics.json"
 MISSING = "missing-backend"
 SIZES = (1024, 16384, 262144)
 TOKENS_PER_IMAGE = 144  # (48 / 4)^2: the default model's f4 grid on the default 48 px crops
+DEFAULT_TEST_CROPS = 128  # conf/data/photos.yaml val_samples: make train's test split
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ SETTINGS: dict[str, Backend] = {
 }
 
 COLUMNS = (
-    "backend", "size", "K", "status", "psnr", "ssim", "lpips", "rfid", "usage", "max_usage", "perplexity",
+    "backend", "size", "K", "status", "psnr", "ssim", "lpips", "rfid", "usage", "max_usage", "test_crops", "perplexity",
     "dead", "step_s", "train_s", "total_s", "peak_rss_mib", "steps", "note", "run_dir",
 )
 
@@ -172,8 +175,9 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     result = train(compose_train_config(overrides, run_dir))
     train_s = time.perf_counter() - started
-    report = evaluate(result["checkpoint"], split="test", out=str(run_dir / "eval_test"), lpips=spec["lpips"],
-                      fid=spec["fid"], latent_stats=False)
+    more_crops = {"val_samples": spec["test_crops"]} if spec["test_crops"] else None
+    report = evaluate(result["checkpoint"], more_crops, split="test",
+                      out=str(run_dir / "eval_test"), lpips=spec["lpips"], fid=spec["fid"], latent_stats=False)
     m = report["metrics"]
     step_s = json.loads(timer_file.read_text())["step_s"]
     timed = step_s[2:] or step_s
@@ -182,6 +186,7 @@ def _child_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "psnr": m["psnr"], "ssim": m["ssim"], "lpips": m.get("lpips", nan), "rfid": m.get("rfid", nan),
         "usage": m["codebook/usage"], "perplexity": m["codebook/perplexity"], "dead": m["codebook/dead"],
         "max_usage": min(1.0, m["num_samples"] * spec["tokens_per_image"] / spec["codebook_size"]),
+        "test_crops": int(m["num_samples"]),
         "step_s": sum(timed) / len(timed), "train_s": train_s, "total_s": time.perf_counter() - started,
         "peak_rss_mib": proc_status_kib("VmHWM") / 1024,
     }
@@ -212,7 +217,7 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict[str, Any]:
         return {**row, "status": cell.status}
     run_dir = args.runs_dir / f"{cell.backend}_{cell.codebook_size}"
     spec = {"overrides": list(cell.overrides), "extra": list(args.override), "steps": args.steps,
-            "lpips": not args.no_lpips, "fid": args.fid}
+            "lpips": not args.no_lpips, "fid": args.fid, "test_crops": test_crops(cell.codebook_size, args)}
     done = _finished(run_dir, spec)
     if done is not None and (done["status"] == "ok" or not args.retry_failed):
         return {**done, "cached": True}
@@ -225,6 +230,14 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict[str, Any]:
     row = {**row, **result, "run_dir": str(run_dir)}
     write_atomically(run_dir / METRICS_FILE, json.dumps({"spec": spec, "row": row}, indent=2).encode())
     return row
+
+
+def test_crops(codebook_size: int, args: argparse.Namespace) -> int | None:
+    """Held-out crops of a cell's test: None (the run's own split, ``make train``'s 128 crops) where that gives
+    ``--test-tokens-per-code`` tokens per code; at larger K more crops of the same held-out photos (at most
+    ``--max-test-crops``), so that usage is not bounded by how few tokens the test has."""
+    wanted = math.ceil(args.test_tokens_per_code * codebook_size / TOKENS_PER_IMAGE)
+    return min(args.max_test_crops, wanted) if wanted > DEFAULT_TEST_CROPS else None
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -329,6 +342,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--fid", action="store_true", help="also rFID (Inception v3; slower)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (VGG16)")
     p.add_argument("--retry-failed", action="store_true", help="run again the cells stored with a status other than ok")
+    p.add_argument("--test-tokens-per-code", type=float, default=16.0,
+                   help="test crops are raised above make train's 128 until K x this many tokens are searched")
+    p.add_argument("--max-test-crops", type=int, default=8192, help="cap on the test crops of one cell")
     p.add_argument("--threads", type=int, default=2, help="torch threads per cell")
     p.add_argument("--mem-cap-gib", type=float, default=16.0, help="address-space cap of each cell")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds before a cell counts as too slow")

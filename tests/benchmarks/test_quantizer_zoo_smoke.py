@@ -77,3 +77,12 @@ def test_fsq_levels_give_the_table_sizes() -> None:
     bench = load_benchmark("quantizer_zoo")
     sizes = {s: bench.make_cell("fsq", s, Path("/tmp"), ["fsq"]).codebook_size for s in bench.SIZES}
     assert sizes == {1024: 1000, 16384: 15360, 262144: 262144}
+
+
+def test_larger_codebooks_are_tested_on_more_held_out_crops() -> None:
+    bench = load_benchmark("quantizer_zoo")
+    args = bench._parse_args([])
+    assert args.test_tokens_per_code == 16 and args.max_test_crops == 8192
+    assert bench.test_crops(1024, args) is None  # 128 crops x 144 tokens = 18 per code: make train's split
+    assert bench.test_crops(16384, args) == 1821  # ceil(16 x 16,384 / 144)
+    assert bench.test_crops(262144, args) == 8192  # capped
