@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import FAST_AUDIO_DATA, FAST_AUDIO_MODEL
+from tests.gloo_ranks import free_port
 from tests.test_warnings import NOISE
 from tests.text.conftest import TINY_GATE, TINY_TEXT
 from vqkit.lit.run_config import module_from_config
@@ -65,12 +65,6 @@ COMMON = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _single_process_validation(run_dir: Path) -> dict[str, float]:
     cfg = OmegaConf.load(run_dir / "config.yaml")
     module = module_from_config(cfg)
@@ -86,7 +80,7 @@ def _single_process_validation(run_dir: Path) -> dict[str, float]:
 def test_two_process_training_keeps_ranks_identical(modality: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
         "-m", "vqkit.train", *MODALITIES[modality], *COMMON, f"hydra.run.dir={run_dir}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

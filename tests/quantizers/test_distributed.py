@@ -8,17 +8,11 @@ rank 0's data (so the test proves the sync happens).
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from datetime import timedelta
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.gloo_ranks import on_ranks
 from vqkit.quantizers import build_quantizer
 
 WORLD = 2
@@ -34,12 +28,6 @@ RESERVOIR = {"revival": "reservoir", "reservoir_size": 16, "reservoir_per_step":
 PASSTHROUGH = {**RESERVOIR, "passthrough_steps": 2, "reservoir_reset": True}
 CENTRES = (torch.tensor([3.0, 0.0, 0.0, 0.0]), torch.tensor([-3.0, 0.0, 0.0, 0.0]))
 TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _build(kind: str):
@@ -102,20 +90,12 @@ def _train(kind: str, rank: int) -> dict:
     }
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        results = {kind: _train(kind, rank) for kind in KINDS}
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    if rank == 0:  # the same run without the other rank, same seeds
-        assert not dist.is_initialized()
-        results["single"] = {kind: _train(kind, 0) for kind in KINDS}
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+def _ranks_train(rank: int) -> dict:
+    return {kind: _train(kind, rank) for kind in KINDS}
+
+
+def _alone() -> dict:  # the same run without the other rank, same seeds
+    return {kind: _train(kind, 0) for kind in KINDS}
 
 
 def _near(codebook: torch.Tensor, centre: torch.Tensor) -> int:
@@ -124,23 +104,7 @@ def _near(codebook: torch.Tensor, centre: torch.Tensor) -> int:
 
 @pytest.mark.slow
 def test_codebooks_stay_identical_across_ranks(tmp_path):
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=2):  # raises if a child failed
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(10)
-    assert [p.exitcode for p in ctx.processes] == [0] * WORLD
-
-    r0 = torch.load(tmp_path / "rank0.pt")
-    r1 = torch.load(tmp_path / "rank1.pt")
+    r0, r1 = on_ranks(_ranks_train, tmp_path, alone=_alone, timeout_s=TIMEOUT_S)
     for kind in KINDS:
         a, b, single = r0[kind], r1[kind], r0["single"][kind]
 
@@ -234,38 +198,17 @@ def _train_parameters_only(kind: str, rank: int, world: int) -> dict:
     return {k: v.detach().clone() for k, v in q.state_dict().items()}
 
 
-def _parameter_worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        results = {kind: _train_parameters_only(kind, rank, WORLD) for kind in PARAMETER_KINDS}
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    if rank == 0:
-        results["single"] = {kind: _train_parameters_only(kind, 0, 1) for kind in PARAMETER_KINDS}
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+def _parameters_on_ranks(rank: int) -> dict:
+    return {kind: _train_parameters_only(kind, rank, WORLD) for kind in PARAMETER_KINDS}
+
+
+def _parameters_alone() -> dict:
+    return {kind: _train_parameters_only(kind, 0, 1) for kind in PARAMETER_KINDS}
 
 
 @pytest.mark.slow
 def test_parameter_codebooks_stay_identical_across_ranks(tmp_path):
-    ctx = mp.start_processes(
-        _parameter_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=2):
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(10)
-    assert [p.exitcode for p in ctx.processes] == [0] * WORLD
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    r0, r1 = on_ranks(_parameters_on_ranks, tmp_path, alone=_parameters_alone, timeout_s=TIMEOUT_S)
     for kind in PARAMETER_KINDS:
         a, b, single = r0[kind], r1[kind], r0["single"][kind]
         assert a.keys() == b.keys()

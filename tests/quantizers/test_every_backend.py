@@ -15,17 +15,12 @@ as they are registered; small settings per backend come from tests/quantizers/te
 from __future__ import annotations
 
 import copy
-import os
-import socket
-import time
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.gloo_ranks import on_ranks
 from tests.quantizers.test_contract import D, K, _init_params, make, position_ids
 from vqkit.quantizers import list_quantizers
 
@@ -119,42 +114,14 @@ def _train(kind: str, rank: int) -> dict:
     }
 
 
-def _worker(rank: int, port: int, out_dir: str, kinds: list[str]) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        results = {kind: _train(kind, rank) for kind in kinds}
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ranks_train(rank: int, kinds: list[str]) -> dict:
+    return {kind: _train(kind, rank) for kind in kinds}
 
 
 @pytest.mark.slow
 def test_every_backend_stays_identical_across_ranks(tmp_path):
     kinds = [*NAMES, *VARIANTS]
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path), kinds), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=2):  # raises if a child failed
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(10)
-    assert [p.exitcode for p in ctx.processes] == [0] * WORLD
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    r0, r1 = on_ranks(_ranks_train, tmp_path, kinds, timeout_s=TIMEOUT_S)
     for kind in kinds:
         a, b = r0[kind], r1[kind]
         assert a["state"].keys() == b["state"].keys()

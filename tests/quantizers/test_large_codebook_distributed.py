@@ -7,17 +7,11 @@ piece of state is bit-identical across ranks and differs from a single-process r
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from datetime import timedelta
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.gloo_ranks import on_ranks
 from vqkit.quantizers import build_quantizer
 
 WORLD, D, STEPS, TIMEOUT_S = 2, 4, 3, 180
@@ -25,12 +19,6 @@ KINDS = {
     "vqgan_lc": {"codebook_size": 64, "feature_dim": 6},
     "vqbridge": {"codebook_size": 64, "width": 16, "num_heads": 2, "depth": 1},
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(kind: str, rank: int) -> dict[str, torch.Tensor]:
@@ -53,35 +41,17 @@ def _train(kind: str, rank: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        results = {kind: _train(kind, rank) for kind in KINDS}
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    if rank == 0:
-        results["single"] = {kind: _train(kind, 0) for kind in KINDS}
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+def _ranks_train(rank: int) -> dict:
+    return {kind: _train(kind, rank) for kind in KINDS}
+
+
+def _alone() -> dict:
+    return {kind: _train(kind, 0) for kind in KINDS}
 
 
 @pytest.mark.slow
 def test_generated_codebooks_stay_identical_across_ranks(tmp_path):
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=2):
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(10)
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    r0, r1 = on_ranks(_ranks_train, tmp_path, alone=_alone, timeout_s=TIMEOUT_S)
     for kind in KINDS:
         a, b, single = r0[kind], r1[kind], r0["single"][kind]
         assert a.keys() == b.keys()
