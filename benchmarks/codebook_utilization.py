@@ -75,6 +75,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_check import MISSING, missing_backend  # noqa: E402  (sibling script modules)
 from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402
+from result_files import fmt, write_csv  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 RESULT_TAG = "CODEBOOK_UTILIZATION_RESULT "
@@ -346,20 +347,6 @@ def _run_child(spec: dict[str, Any], mem_cap_gib: float, timeout: float) -> dict
     return run_capped(SCRIPT, spec, mem_cap_gib, timeout, RESULT_TAG, f"too slow (timeout > {timeout:g} s)")
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: _fmt(row.get(c), 6) for c in COLUMNS})
-
-
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ("| backend | K | status | usage | 1 - exp(-N/K) | perplexity | dead codes | MSE | s / step | set-up s "
             "| eval s | peak RSS MiB | tree = own search |")
@@ -368,9 +355,9 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
         ok = r["status"] == "ok"
         cells = [r["backend"], str(r["K"]), r["status"],
                  f"{100 * r['usage']:.2f}%" if ok else "", f"{100 * r['usage_bound_random']:.1f}%",
-                 _fmt(r.get("perplexity"), 5),
-                 _fmt(r.get("dead_codes")), _fmt(r.get("mse"), 3), _fmt(r.get("step_s"), 3),
-                 _fmt(r.get("setup_s"), 3), _fmt(r.get("eval_s"), 3),
+                 fmt(r.get("perplexity"), 5),
+                 fmt(r.get("dead_codes")), fmt(r.get("mse"), 3), fmt(r.get("step_s"), 3),
+                 fmt(r.get("setup_s"), 3), fmt(r.get("eval_s"), 3),
                  f"{r['peak_rss_mib']:.0f}" if ok else "",
                  _ids_match(r)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -521,7 +508,7 @@ def merge(out_dir: Path, run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     rows = sorted(latest.values(), key=lambda r: (r["K"], order.get(r["backend"], len(order))))
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / "codebook_utilization"
-    _write_csv(stem.with_suffix(".csv"), rows)
+    write_csv(stem.with_suffix(".csv"), rows, COLUMNS)
     table = _markdown_table(rows)
     command = shlex.join(["python", "benchmarks/codebook_utilization.py", "--merge", *map(str, run_dirs),
                           "--out-dir", str(out_dir)])
@@ -575,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         bound = 1.0 - math.exp(-args.heldout / k_cell)  # expected usage if every vector hit a random code
         rows.append({"backend": backend, "K": k_cell, "D": args.dim, "steps": args.steps, "batch": args.batch,
                      "heldout": args.heldout, "usage_bound_random": bound, **result})
-        _write_csv(stem.with_suffix(".csv"), rows)
+        write_csv(stem.with_suffix(".csv"), rows, COLUMNS)
         summary = (f"usage {100 * result['usage']:.2f}% mse {result['mse']:.4g} {result['step_s']:.3g} s/step"
                    if result["status"] == "ok" else result["status"])
         print(f"[{i}/{len(cells)}] {backend:<20} K={k:<7} {summary} (cell wall {time.perf_counter() - t0:.0f} s)",

@@ -40,7 +40,6 @@ the Markdown table. Quick run: ``python benchmarks/quantizer_speed.py --ks 1024
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import importlib.metadata
 import importlib.util
@@ -59,6 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_check import MISSING, missing_backend  # noqa: E402  (sibling script modules)
 from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402
+from result_files import fmt, write_csv  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 RESULT_TAG = "QUANTIZER_SPEED_RESULT "
@@ -265,10 +265,6 @@ def _run_child(spec: dict[str, Any], mem_cap_gib: float, timeout: float) -> dict
     return run_capped(SCRIPT, spec, mem_cap_gib, timeout, RESULT_TAG, f"timeout (> {timeout:g} s)")
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "" if value is None else f"{value:.{digits}g}"
-
-
 def _cell_row(impl: str, k: int, n: int, d: int, result: dict[str, Any], matmul: dict[str, Any],
               levels: list[int] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
@@ -300,16 +296,6 @@ def _add_speedups(rows: list[dict[str, Any]]) -> None:
             row["speedup_vs_reference"] = theirs / ours
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {c: (_fmt(v, 6) if isinstance(v, float) else ("" if v is None else v)) for c, v in row.items()}
-            )
-
-
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| impl | K | D | levels | status | search s | search GFLOP/s | % of peak matmul | % of same-shape matmul "
@@ -323,11 +309,11 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
             str(r["D"]),
             r["levels"] or "",
             r["status"],
-            _fmt(r["search_s"]),
-            _fmt(r["search_gflops"], 3),
-            _fmt(r["pct_of_peak_matmul"], 2),
-            _fmt(r["pct_of_same_shape_matmul"], 2),
-            _fmt(r["fwd_bwd_s"]),
+            fmt(r["search_s"]),
+            fmt(r["search_gflops"], 3),
+            fmt(r["pct_of_peak_matmul"], 2),
+            fmt(r["pct_of_same_shape_matmul"], 2),
+            fmt(r["fwd_bwd_s"]),
             "" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}",
             "" if r["speedup_vs_reference"] is None else f"{r['speedup_vs_reference']:.2f}x",
             "" if r["repeats"] is None else str(r["repeats"]),
@@ -465,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             }
             result = _run_child(spec, args.mem_cap_gib, args.timeout)
         rows.append(_cell_row(impl, k, args.n, d, result, matmul, levels))
-        _write_csv(csv_path, rows)
+        write_csv(csv_path, rows, COLUMNS)
         summary = (
             f"{result['seconds']:.4g} s, peak RSS {result['peak_rss_mib']:.0f} MiB"
             if result["status"] == "ok"
@@ -478,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         )
 
     _add_speedups(rows)
-    _write_csv(csv_path, rows)
+    write_csv(csv_path, rows, COLUMNS)
     table = _markdown_table(rows)
     md_path.write_text(_markdown(args, argv, matmul, ref_version, table))
     print()

@@ -28,7 +28,6 @@ at 262,144 (4.5 tokens per code, max usage 98.9%).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import importlib.metadata
 import io
@@ -46,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capped_cell import proc_status_kib, report_child_result, run_capped  # noqa: E402  (a sibling script module)
+from result_files import fmt, write_csv  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 BENCH_DIR = SCRIPT.parent
@@ -240,23 +240,6 @@ def test_crops(codebook_size: int, args: argparse.Namespace) -> int | None:
     return min(args.max_test_crops, wanted) if wanted > DEFAULT_TEST_CROPS else None
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    from vqkit.files import write_atomically
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: _fmt(row.get(c), 6) for c in COLUMNS})
-    write_atomically(path, buffer.getvalue().encode())
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ("| backend | K | status | PSNR | SSIM | LPIPS | usage | max usage | perplexity | dead | s / step "
             "| train s | total s | peak RSS MiB | note |")
@@ -264,9 +247,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         ok = r["status"] == "ok"
         pct = (lambda v: f"{100 * v:.1f}%") if ok else (lambda v: "")
-        cells = [r["backend"], _fmt(r.get("K")), r["status"], _fmt(r.get("psnr"), 4), _fmt(r.get("ssim"), 3),
-                 _fmt(r.get("lpips"), 3), pct(r.get("usage")), pct(r.get("max_usage")),
-                 _fmt(r.get("perplexity"), 5), _fmt(r.get("dead")), _fmt(r.get("step_s"), 3),
+        cells = [r["backend"], fmt(r.get("K")), r["status"], fmt(r.get("psnr"), 4), fmt(r.get("ssim"), 3),
+                 fmt(r.get("lpips"), 3), pct(r.get("usage")), pct(r.get("max_usage")),
+                 fmt(r.get("perplexity"), 5), fmt(r.get("dead")), fmt(r.get("step_s"), 3),
                  f"{r['train_s']:.0f}" if ok else "", f"{r['total_s']:.0f}" if ok else "",
                  f"{r['peak_rss_mib']:.0f}" if ok else "", r.get("note") or ""]
         lines.append("| " + " | ".join(cells) + " |")
@@ -379,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             summary = (f"PSNR {row['psnr']:.2f} usage {100 * row['usage']:.1f}% {row['step_s']:.3g} s/step"
                        if row["status"] == "ok" else row["status"])
             cached = " (stored result, not re-run)" if row.get("cached") else ""
-            bar.write(f"{cell.backend:<12} K={_fmt(cell.codebook_size):<7} {summary}{cached} {row.get('note') or ''}")
-            write_csv(stem.with_suffix(".csv"), rows)
+            bar.write(f"{cell.backend:<12} K={fmt(cell.codebook_size):<7} {summary}{cached} {row.get('note') or ''}")
+            write_csv(stem.with_suffix(".csv"), rows, COLUMNS)
             plot(rows, stem.with_suffix(".png"))
             command = shlex.join(["python", "benchmarks/quantizer_zoo.py", *argv])
             md = "\n".join([
