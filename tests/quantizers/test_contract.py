@@ -167,7 +167,7 @@ def test_codebook_property(name):
     assert cb.dtype == torch.float32
     q_small = make(name, code_dim=4) if "code_dim" in _init_params(name) else None
     if q_small is not None:
-        assert q_small.codebook.shape == (K, 4)
+        assert q_small.codebook.shape == ids_shape(q_small)[::-1] + (K, 4)
         assert q_small(latents()).z_q.shape == (B, N, D)
 
 

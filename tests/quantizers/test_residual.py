@@ -135,3 +135,28 @@ def test_images_train_with_residual_quantizer(make_config) -> None:
 def test_wrappers_refuse_wrappers_inside_and_options_they_set_themselves(wrapper, options):
     with pytest.raises(ValueError, match="single-stage backend|must not set"):
         build_quantizer(wrapper, dim=8, codebook_size=16, **options)
+
+
+@pytest.mark.parametrize("stage, options, width", [("fsq", {"levels": [8, 5, 5, 5]}, 4), ("lfq", {}, 5),
+                                                   ("bsq", {}, 5)])
+def test_fixed_width_stages_project_once_and_the_projections_train(stage, options, width) -> None:
+    """fsq / lfq / bsq stages at another width would project through Linear layers no gradient reaches: refused,
+    with the fix named; with ``code_dim`` the residual projects once and both maps get the decoder's gradient."""
+    k = 1000 if stage == "fsq" else K
+    with pytest.raises(ValueError, match=f"code_dim={width}"):
+        build_quantizer("residual", dim=D, codebook_size=k, num_stages=2, stage_quantizer=stage, stage_options=options)
+    torch.manual_seed(0)
+    q = build_quantizer("residual", dim=D, codebook_size=k, num_stages=2, stage_quantizer=stage,
+                        stage_options=options, code_dim=width).train()
+    assert q.codebook.shape[-1] == width and all(stage_q.dim == width for stage_q in q.stages)
+    z = latents().requires_grad_(True)
+    out = q(z)
+    assert out.z_q.shape == z.shape and out.indices.shape == (4, 64, 2)
+    (out.z_q - z.detach()).pow(2).mean().backward()  # a reconstruction loss through the decoder's input
+    for name in ("project_in", "project_out"):
+        grad = getattr(q.projection, name).weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    q.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(q.decode(q.encode(z)), q(z).z_q, rtol=1e-5, atol=1e-5)

@@ -27,7 +27,12 @@ decoder's gradient to the latents unchanged. The commit loss of stage ``k`` acts
 residual ``z - sum_{j<k} sg(q_j)``, so every stage's commitment shapes the encoder. Soft
 stages (``softvq``) are differentiable: their mixes are summed with their gradients.
 A limitation of the hard path: inner factorized codes (``stage_options.code_dim``) get no
-decoder gradient for their output projection.
+decoder gradient for their output projection. Stages whose codes live in a fixed small space (``fsq``, ``lfq``,
+``bsq``: one coordinate per level or bit) would project every residual in and out through Linear layers that
+no gradient reaches; such stages are refused at another width, and ``code_dim`` (the width of their codes)
+makes the residual project once instead: Linear D -> C before the first stage, the stages at width C, Linear
+C -> D after the sum, as vector-quantize-pytorch's ResidualFSQ / ResidualLFQ do. The decoder's gradient
+trains the output map, the straight-through estimator over the sum passes it on to the input map.
 
 Residual arithmetic and the per-stage statistics run in fp32, also under autocast.
 """
@@ -40,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.projection import CodeProjection
 from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer, self_contained_inner_options
 
 
@@ -55,6 +61,8 @@ class ResidualQuantizer(Quantizer):
         stage_options: extra keyword arguments of that backend (e.g. ``{"decay": 0.99, "kmeans_init": true}``).
         dropout_prob: probability that a training sample keeps only a random number of stages (0 = off).
         dropout_min_stages: the fewest stages a dropped-out sample keeps.
+        code_dim: width C of the stages' codes, projected once from and back to D (None: C = D). Needed by
+            ``fsq`` / ``lfq`` / ``bsq`` stages when D is not their code width (len(levels), log2 K).
 
     Example::
 
@@ -73,6 +81,7 @@ class ResidualQuantizer(Quantizer):
         stage_options: dict[str, Any] | None = None,
         dropout_prob: float = 0.0,
         dropout_min_stages: int = 1,
+        code_dim: int | None = None,
     ) -> None:
         super().__init__()
         if num_stages < 1:
@@ -85,10 +94,23 @@ class ResidualQuantizer(Quantizer):
         self.codebook_size = codebook_size
         self.num_stages = num_stages
         self.stage_quantizer = stage_quantizer
+        if code_dim is not None and code_dim < 1:
+            raise ValueError(f"residual: code_dim must be positive (or null for dim), got {code_dim}")
+        self.code_dim = code_dim or dim
+        self.projection = CodeProjection(dim, self.code_dim)
         self.stages = nn.ModuleList(
-            build_inner_quantizer(stage_quantizer, dim, codebook_size, stage_options, "stage_quantizer / stage_options")
+            build_inner_quantizer(stage_quantizer, self.code_dim, codebook_size, stage_options,
+                                  "stage_quantizer / stage_options")
             for _ in range(num_stages)
         )
+        inner = getattr(self.stages[0], "projection", None)
+        if isinstance(inner, CodeProjection) and inner.active and not self.stages[0].soft:
+            width = inner.project_in.out_features
+            raise ValueError(
+                f"residual: {stage_quantizer} stages have {width}-dim codes but get {self.code_dim}-dim residuals, so "
+                f"each stage would map them in and out through Linear layers that no gradient reaches; set "
+                f"quantizer.code_dim={width} (the residual then projects once, before the first stage and after the sum)"
+            )
         self.soft = bool(self.stages[0].soft)
         self.dropout_prob = dropout_prob
         self.dropout_min_stages = dropout_min_stages
@@ -100,7 +122,7 @@ class ResidualQuantizer(Quantizer):
 
     @property
     def codebook(self) -> Tensor:
-        """(S, K, C) the stages' codebooks, fp32."""
+        """(S, K, C) the stages' codebooks, fp32 (C = ``code_dim``: before the residual's output projection)."""
         return torch.stack([stage.codebook.float() for stage in self.stages])
 
     def _check_stage_count(self, num_stages: int | None) -> int:
@@ -123,7 +145,7 @@ class ResidualQuantizer(Quantizer):
         b, n, _ = z.shape
         in_dtype = z.dtype
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z32 = z.float()
+            z32 = self.projection.to_code(z)  # (B, N, C) fp32; z itself when C = D
             keep = self._kept_stages(b, n_stages, z.device)  # (B, s) bool: stages the decoder sees
             residual = z32
             hard_sum = torch.zeros_like(z32)
@@ -131,7 +153,7 @@ class ResidualQuantizer(Quantizer):
             ids, losses, metrics = [], {}, {}
             loss = z32.new_zeros(())
             valid = mask.unsqueeze(-1).float() if mask is not None else None
-            count = mask.sum().clamp_min(1).float() * self.dim if mask is not None else float(z32.numel())
+            count = mask.sum().clamp_min(1).float() * self.code_dim if mask is not None else float(z32.numel())
             for k, stage in enumerate(self.stages[:n_stages]):
                 rms = residual.detach().pow(2) if valid is None else residual.detach().pow(2) * valid
                 metrics[f"stage{k}/residual_rms"] = (rms.sum() / count).sqrt()
@@ -152,7 +174,7 @@ class ResidualQuantizer(Quantizer):
             metrics["residual_rms"] = (rms.sum() / count).sqrt()
             metrics["active_stages"] = keep.float().sum(1).mean()
             # Hard stages: one straight-through estimator over the sum (identity gradient to z).
-            z_q = soft_sum if self.soft else z32 + (hard_sum - z32).detach()
+            z_q = self.projection.from_code(soft_sum if self.soft else z32 + (hard_sum - z32).detach())
             if mask is not None:
                 z_q = z_q * valid
         indices = torch.stack(ids, dim=-1)  # (B, N, s)
@@ -193,4 +215,4 @@ class ResidualQuantizer(Quantizer):
         for k in range(indices.shape[-1]):
             vectors = self.stages[k].decode(indices[..., k]).float()
             out = vectors if out is None else out + vectors
-        return out
+        return self.projection.from_code(out)
