@@ -109,7 +109,7 @@ class ResidualQuantizer(Quantizer):
             raise ValueError(
                 f"residual: {stage_quantizer} stages have {width}-dim codes but get {self.code_dim}-dim residuals, so "
                 f"each stage would map them in and out through Linear layers that no gradient reaches; set "
-                f"quantizer.code_dim={width} (the residual then projects once, before the first stage and after the sum)"
+                f"quantizer.code_dim={width} (the residual then projects once: before the first stage, after the sum)"
             )
         self.soft = bool(self.stages[0].soft)
         self.dropout_prob = dropout_prob
