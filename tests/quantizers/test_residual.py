@@ -127,6 +127,15 @@ def test_images_train_with_residual_quantizer(make_config) -> None:
     assert metrics["test/psnr"] > 0
 
 
+def test_the_readme_residual_fsq_command_trains(make_config) -> None:
+    cfg = make_config("quantizer=residual", "quantizer.stage_quantizer=fsq", "~quantizer.stage_options",
+                      "+quantizer.stage_options={levels:[8,5,5,5]}", "quantizer.codebook_size=1000",
+                      "quantizer.code_dim=4", "quantizer.num_stages=2", "trainer.max_steps=2", "test=true",
+                      "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1")
+    metrics = train(cfg)["metrics"]
+    assert 0 < metrics["test/codebook/stage1/usage"] <= 1 and metrics["test/psnr"] > 0
+
+
 @pytest.mark.parametrize(("wrapper", "options"), [
     ("residual", {"stage_quantizer": "gq"}), ("residual", {"stage_quantizer": "residual"}),
     ("gq", {"inner": "residual"}), ("gq", {"inner": "gq"}),
