@@ -136,4 +136,4 @@ def test_yaml_requires_root_and_instantiates_with_it(tree: Path, tmp_path: Path)
         instantiate(cfg)
     cfg.root = str(tree)
     dm = instantiate(cfg)
-    assert isinstance(dm, ImageFolderDataModule) and dm.image_size == 256 and dm.num_workers == 8
+    assert isinstance(dm, ImageFolderDataModule) and dm.image_size == 256 and dm.num_workers == "auto"

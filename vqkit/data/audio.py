@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from vqkit.data.workers import check_num_workers, loader_options
 from vqkit.modalities.audio_files import read_audio
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,8 @@ class AudioFolderDataModule(L.LightningDataModule):
         sample_rate: Hz of the batches (files are resampled to it).
         segment_seconds: length of every item.
         batch_size: batch size of every split.
-        num_workers: DataLoader worker processes per split.
+        num_workers: DataLoader worker processes per split, or ``auto`` (the cores this process may use minus one,
+            at most 8; ``vqkit.data.workers``).
         train_samples: random crops per training epoch (None: one per training file).
         val_fraction: share of groups in the validation split.
         test_fraction: share of groups in the test split (0: test on the validation split).
@@ -239,7 +241,7 @@ class AudioFolderDataModule(L.LightningDataModule):
         sample_rate: int = 16_000,
         segment_seconds: float = 1.0,
         batch_size: int = 16,
-        num_workers: int = 4,
+        num_workers: int | str = "auto",
         train_samples: int | None = None,
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
@@ -264,7 +266,7 @@ class AudioFolderDataModule(L.LightningDataModule):
         self.sample_rate = sample_rate
         self.segment = max(round(segment_seconds * sample_rate), 1)
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = check_num_workers(num_workers)
         self.train_samples = train_samples
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
@@ -376,9 +378,7 @@ class AudioFolderDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=False,  # training items are random crops already; evaluation keeps its order
             drop_last=train and len(dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            **loader_options(self.num_workers),
         )
 
     def train_dataloader(self) -> DataLoader:

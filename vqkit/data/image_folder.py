@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from vqkit.data.transforms import eval_transform, train_transform
+from vqkit.data.workers import check_num_workers, loader_options
 from vqkit.modalities.image_files import load_rgb
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         root: folder holding the split folders.
         image_size: side S of the square images.
         batch_size: batch size of every split.
-        num_workers: DataLoader worker processes per split.
+        num_workers: DataLoader worker processes per split, or ``auto`` (the cores this process may use minus one,
+            at most 8; ``vqkit.data.workers``).
         train_split: training split folder under ``root``.
         val_split: validation split folder under ``root``.
         test_split: test split folder; None reuses the validation split.
@@ -147,7 +149,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         root: str,
         image_size: int = 256,
         batch_size: int = 32,
-        num_workers: int = 8,
+        num_workers: int | str = "auto",
         train_split: str = "train",
         val_split: str = "val",
         test_split: str | None = None,
@@ -169,7 +171,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 )
         self.image_size = image_size
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = check_num_workers(num_workers)
         self.train_split = train_split
         self.val_split = val_split
         self.test_split = test_split
@@ -229,9 +231,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             shuffle=train,
             # Full training batches only, unless the split is smaller than one batch.
             drop_last=train and len(dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            **loader_options(self.num_workers),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -64,6 +64,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
+from vqkit.data.workers import check_num_workers, loader_options
 from vqkit.modalities.image_files import load_rgb
 
 SKIMAGE_REQUIREMENT = "scikit-image==0.26.0"
@@ -230,7 +231,7 @@ class EmbeddedPhotosDataModule(L.LightningDataModule):
         self,
         image_size: int = 48,
         batch_size: int = 16,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         train_samples: int = 1600,
         val_samples: int = 128,
         seed: int = 0,
@@ -260,7 +261,7 @@ class EmbeddedPhotosDataModule(L.LightningDataModule):
         self._val_paths = [_photo_path(data_dir, name) for name in self.val_photos]
         self.image_size = image_size
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = check_num_workers(num_workers)
         self.train_samples = train_samples
         self.val_samples = val_samples
         self.seed = seed
@@ -292,9 +293,7 @@ class EmbeddedPhotosDataModule(L.LightningDataModule):
             self._train,
             batch_size=self.batch_size,
             sampler=EpochKeySampler(self.train_samples),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            **loader_options(self.num_workers),
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vqkit.data.workers import check_num_workers, loader_options
 from vqkit.modalities.text_bytes import (
     SEGMENTATIONS,
     read_documents,
@@ -85,7 +86,7 @@ class ByteTextDataModule(L.LightningDataModule):
         row_len: int = 16,
         segmentation: str = "within",
         batch_size: int = 256,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         max_train_rows: int | None = None,
         max_eval_rows: int | None = None,
         seed: int = 0,
@@ -96,7 +97,7 @@ class ByteTextDataModule(L.LightningDataModule):
         self.row_len = row_len
         self.segmentation = segmentation
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = check_num_workers(num_workers)
         self.max_train_rows = max_train_rows
         self.max_eval_rows = max_eval_rows
         self.seed = seed
@@ -134,9 +135,8 @@ class ByteTextDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=shuffle and len(self.datasets[name]) > self.batch_size,
-            num_workers=self.num_workers,
             generator=generator,
-            persistent_workers=self.num_workers > 0,
+            **loader_options(self.num_workers),
         )
 
     def train_dataloader(self) -> DataLoader:
