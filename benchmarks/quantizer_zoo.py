@@ -18,6 +18,7 @@ Writes ``quantizer_zoo.csv``, ``.md`` and ``.png`` (PSNR per backend, grouped by
 
     python benchmarks/quantizer_zoo.py                                   # the whole grid
     python benchmarks/quantizer_zoo.py --backends vq fsq --sizes 1024    # a part of it
+    python benchmarks/quantizer_zoo.py --finished-only                   # tables of what is finished, nothing run
 
 Usage is bounded by the test tokens (column ``max usage``). The test split is ``make train``'s 128 held-out crops
 (144 tokens each) at K = 1,024; at larger K more crops of the same held-out photos are drawn, up to 16 tokens per
@@ -221,6 +222,8 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict[str, Any]:
     done = _finished(run_dir, spec)
     if done is not None and (done["status"] == "ok" or not args.retry_failed):
         return {**done, "cached": True}
+    if args.finished_only:
+        return {**row, "status": "not run yet"}
     if run_dir.exists():  # killed mid-run, other settings, or a failure to retry: start from an empty folder
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -324,6 +327,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="run folders <runs-dir>/<backend>_<K>/ (default: outputs/quantizer_zoo)")
     p.add_argument("--fid", action="store_true", help="also rFID (Inception v3; slower)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (VGG16)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: the tables and plot from the cells already finished, the others 'not run yet'")
     p.add_argument("--retry-failed", action="store_true", help="run again the cells stored with a status other than ok")
     p.add_argument("--test-tokens-per-code", type=float, default=16.0,
                    help="test crops are raised above make train's 128 until K x this many tokens are searched")

@@ -86,3 +86,16 @@ def test_larger_codebooks_are_tested_on_more_held_out_crops() -> None:
     assert bench.test_crops(1024, args) is None  # 128 crops x 144 tokens = 18 per code: make train's split
     assert bench.test_crops(16384, args) == 1821  # ceil(16 x 16,384 / 144)
     assert bench.test_crops(262144, args) == 8192  # capped
+
+
+def test_finished_only_tabulates_without_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_benchmark("quantizer_zoo")
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--finished-only trained a cell")
+
+    monkeypatch.setattr(bench, "run_capped", no_run)
+    rows = bench.main(["--backends", "vq", "fsq", "--sizes", "1024", "--finished-only", "--out-dir", str(tmp_path),
+                       "--runs-dir", str(tmp_path / "runs")])
+    assert [r["status"] for r in rows] == ["not run yet", "not run yet"]
+    assert (tmp_path / "quantizer_zoo.md").read_text().count("not run yet") == 2
