@@ -128,7 +128,7 @@ def test_levels_and_size_validation_errors():
 
 def test_residual_stages_of_fsq():
     rvq = build_quantizer("residual", dim=8, codebook_size=1000, num_stages=2, stage_quantizer="fsq",
-                          stage_options={"levels": [8, 5, 5, 5]}).train()
+                          stage_options={"levels": [8, 5, 5, 5]}, code_dim=4).train()
     z = latents(2, 16, 8).requires_grad_(True)
     out = rvq(z)
     assert out.indices.shape == (2, 16, 2) and int(out.indices.max()) < 1000
@@ -140,7 +140,8 @@ def test_residual_stages_of_fsq():
     torch.testing.assert_close(rvq.decode(out.indices), out.z_q, atol=1e-5, rtol=0)
     assert rvq.codebook.shape == (2, 1000, 4)
     # the second stage quantizes what the first left
-    residual = z.detach() - rvq.stages[0].decode(out.indices[..., 0])
+    with torch.no_grad():
+        residual = rvq.projection.to_code(z.detach()) - rvq.stages[0].decode(out.indices[..., 0])
     assert torch.equal(out.indices[..., 1], rvq.stages[1].encode(residual))
     with pytest.raises(ValueError, match="prod"):
         build_quantizer("residual", dim=8, codebook_size=1024, num_stages=2, stage_quantizer="fsq",
