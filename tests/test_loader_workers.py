@@ -4,6 +4,7 @@ for more workers than cores, pinned memory only with CUDA."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def test_more_workers_than_cores_warns_and_bad_values_are_refused(monkeypatch, c
 
 
 def test_usable_cores_follows_the_affinity_mask():
-    assert 1 <= workers.usable_cores() <= (__import__("os").cpu_count() or 1)
+    assert 1 <= workers.usable_cores() <= (os.cpu_count() or 1)
 
 
 def test_a_data_module_resolves_auto_when_it_builds_its_loader(monkeypatch):

@@ -260,11 +260,7 @@ def build_codebook(argv: list[str] | None = None, progress: bool = True, **optio
     # The build seeds its own random streams from --seed and gives the caller's back untouched: run as a
     # training's `prepare` step, it must not reset the RNG that `seed=` set for the model's init and data order.
     with preserved_random_state():
-        torch.manual_seed(args.seed)
-        random.seed(args.seed)
-        np.random.seed(args.seed % 2**32)
-        features, labels, meta = extract_features(args, progress)
-        return _cluster_and_save(args, argv, options, features, labels, meta, progress)
+        return _build(args, argv, options, progress)
 
 
 @contextlib.contextmanager
@@ -279,9 +275,12 @@ def preserved_random_state() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _cluster_and_save(args: argparse.Namespace, argv: list[str] | None, options: dict[str, Any], features: Tensor,
-                      labels: Tensor | None, meta: dict[str, Any], progress: bool) -> Path:
-    """k-means of the features into the codebook file, with the metadata that says how it was made."""
+def _build(args: argparse.Namespace, argv: list[str] | None, options: dict[str, Any], progress: bool) -> Path:
+    """Features, k-means and the codebook file with the metadata that says how it was made, seeded by --seed."""
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed % 2**32)
+    features, labels, meta = extract_features(args, progress)
     per_class = bool(args.per_class and labels is not None)
     if args.per_class and labels is None:
         log.warning("--per-class ignored: the %s data has no labels; clustering all features together", args.data)
