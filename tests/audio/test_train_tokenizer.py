@@ -91,3 +91,36 @@ def test_cli_round_trip(trained, tmp_path: Path, capsys) -> None:
     assert "1/2 stage" in capsys.readouterr().out
     assert audio_cli(["decode", str(tmp_path / "missing.safetensors"), str(half)]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+GQ = ["model=audio_conv", "data=speech", "quantizer=gq", "quantizer.inner=ema_vq", "quantizer.max_token_len=4",
+      "quantizer.target_rate=0.5", "quantizer.width=16", "quantizer.depth=1", "quantizer.num_heads=2",
+      "quantizer.inner_options.passthrough_steps=1"]
+
+
+def test_variable_length_tokens_through_artifact_and_cli(tmp_path: Path, capsys) -> None:
+    from tests.conftest import fast_overrides
+    from vqkit.config import compose_train_config
+
+    run = train(compose_train_config(
+        [*fast_overrides(GQ), *GQ, "trainer.max_steps=3", "+trainer.limit_val_batches=1",
+         "+trainer.limit_test_batches=1", "callbacks.progress_bar.refresh_rate=0"], tmp_path / "run"))
+    export_tokenizer(run["checkpoint"], tmp_path / "artifact")
+    tok = load_tokenizer(tmp_path / "artifact")
+    assert tok.variable_tokens and tok.token_bits == pytest.approx(math.log2(tok.codebook_size) + 2)
+    assert tok.bitrate() == pytest.approx(0.5 * tok.frame_rate * tok.token_bits)  # at the target rate
+    wave = 0.3 * torch.sin(torch.arange(1600) * 0.05)
+    ids = tok.encode(wave)
+    assert ids.shape == (1, 200) and int(ids[0, -1]) >= 0 and int(ids.min()) >= -1
+    tokens = int((ids >= 0).sum())
+    assert tok.realised_bitrate(ids) == pytest.approx(tokens * tok.token_bits / (200 / tok.frame_rate))
+    assert tok.decode(ids, length=1600).shape == (1, 1, 1600)
+    audio, codes, out = tmp_path / "in.wav", tmp_path / "in.codes.safetensors", tmp_path / "out.wav"
+    sf.write(audio, wave.numpy(), 8000)
+    assert audio_cli(["encode", str(audio), str(codes), "--tokenizer", str(tmp_path / "artifact")]) == 0
+    printed = capsys.readouterr().out
+    assert f"{tokens} tokens in 0.2 s" in printed and "kbps realised" in printed and "variable-length" in printed
+    assert audio_cli(["decode", str(codes), str(out)]) == 0
+    assert sf.info(str(out)).frames == 1600
+    assert audio_cli(["info", "--tokenizer", str(tmp_path / "artifact")]) == 0
+    assert "target 500 tokens/s" in capsys.readouterr().out

@@ -258,7 +258,7 @@ def test_config_sizes_and_interpolations(make_config) -> None:
     assert (model.encoder.width, model.decoder.width, model.decoder.num_heads) == (128, 1024, 2)
 
 
-@pytest.mark.parametrize("quantizer", compatible_quantizers(ImageTokenizer))  # gq is refused: see compat
+@pytest.mark.parametrize("quantizer", compatible_quantizers(ImageTokenizer))
 def test_trains_with_every_quantizer(quantizer: str, make_config) -> None:
     tiny = ["quantizer.levels=[4,4,2]"] if quantizer == "fsq" else []  # fsq: prod(levels) = the fast settings' 32
     result = train(

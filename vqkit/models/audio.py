@@ -55,6 +55,10 @@ class AudioTokenizer(TokenizerModel):
           waveforms (B, 1, N * hop) in [-1, 1], cut to ``length`` samples if given.
 
     ``bitrate_kbps`` = frame rate x stages x log2(codebook size) / 1000 (ids sent at a fixed width).
+    Variable-length tokens (``quantizer=gq``): ids (B, N) hold the code at each token's last frame and -1 inside
+    it; a token costs log2(K) + log2(max_token_len) bits (code and length), ``bitrate`` is that at the quantizer's
+    ``target_rate`` (or at one token per frame, the most it can emit, without one) and ``realised_bitrate(ids)``
+    what given ids cost.
 
     Args:
         encoder: waveform encoder ``(B, 1, T) -> (tokens (B, N, D), T)`` with ``sample_rate`` and ``hop_length``.
@@ -87,12 +91,40 @@ class AudioTokenizer(TokenizerModel):
         """Frames (tokens) per second."""
         return self.sample_rate / self.hop_length
 
+    @property
+    def variable_tokens(self) -> bool:
+        """True for variable-length tokens (``quantizer=gq``): one id per token, -1 at the frames inside it."""
+        return bool(self.quantizer.variable_tokens)
+
+    @property
+    def token_bits(self) -> float:
+        """Bits of one token of one stage: log2(K), plus log2(max_token_len) for a variable-length token's length."""
+        bits = math.log2(self.codebook_size)
+        return bits + math.log2(self.quantizer.max_token_len) if self.variable_tokens else bits
+
+    @property
+    def token_rate(self) -> float:
+        """Tokens per second: the frame rate, or for variable-length tokens the target (one per frame without)."""
+        target = getattr(self.quantizer, "target_rate", None) if self.variable_tokens else None
+        return self.frame_rate * (1.0 if target is None else target)
+
     def bitrate(self, num_stages: int | None = None) -> float:
-        """Bits per second of the ids with the first ``num_stages`` stages (None: all)."""
+        """Bits per second of the ids with the first ``num_stages`` stages (None: all); variable-length tokens:
+        at the target rate (see the class docstring; ``realised_bitrate`` for given ids)."""
         stages = self.num_stages if num_stages is None else num_stages
         if not 1 <= stages <= self.num_stages:
             raise ValueError(f"num_stages must be in [1, {self.num_stages}], got {num_stages}")
-        return self.frame_rate * stages * math.log2(self.codebook_size)
+        return self.token_rate * stages * self.token_bits
+
+    def realised_bitrate(self, ids: Tensor) -> float:
+        """Bits per second that ids (B, N) / (B, N, S) of ``encode`` cost: tokens x ``token_bits`` over their
+        duration (N frames / ``frame_rate`` per clip). Equal to ``bitrate`` for fixed-rate ids."""
+        if ids.is_floating_point() or ids.dim() not in (2, 3) or ids.shape[1] == 0:
+            raise ValueError(f"realised_bitrate takes the integer ids (B, N) / (B, N, S) of encode, got {ids.dtype} "
+                             f"{tuple(ids.shape)}")
+        clips, frames = ids.shape[:2]
+        seconds = clips * frames / self.frame_rate
+        return float((ids >= 0).sum()) * self.token_bits / seconds
 
     @property
     def bitrate_kbps(self) -> float:
@@ -111,7 +143,7 @@ class AudioTokenizer(TokenizerModel):
             raise ValueError("num_stages applies to residual (multi-stage) quantizers only")
         kwargs = {} if num_stages is None else {"num_stages": num_stages}
         if self.soft:
-            return self.quantizer(tokens, **kwargs).z_q
+            return self.decoder_tokens(self.quantizer(tokens, **kwargs))
         return self.quantizer.encode(tokens, **kwargs)
 
     @torch.no_grad()
@@ -141,7 +173,7 @@ class AudioTokenizer(TokenizerModel):
             )
         if codes.shape[1] == 0:
             raise ValueError(f"decode got codes of 0 frames, shape {tuple(codes.shape)}; there is nothing to decode")
-        tokens = codes.to(self.device) if floating else self.quantizer.decode(codes.to(self.device))
+        tokens = codes.to(self.device) if floating else self.tokens_of_ids(codes.to(self.device))
         if length is not None and not 0 < length <= tokens.shape[1] * self.hop_length:
             raise ValueError(f"length {length} does not fit {tokens.shape[1]} frames of {self.hop_length} samples")
         wave = self.decoder(tokens, length)

@@ -109,6 +109,10 @@ class TokenizerModel(nn.Module, ModelHubMixin):
 
     modality: ClassVar[str]
     data_key: ClassVar[str]  # the batch entry of the data modules that holds this modality's data
+    # True: the decoder reads a token vector at every position. A variable-length-token quantizer (``gq``) then
+    # hands it the vector of the token covering each position (``hold_tokens`` / ``expand``) plus a learned
+    # embedding of the position inside that token (``token_offsets``). False: the model reads the tokens itself.
+    decodes_every_position: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -130,6 +134,10 @@ class TokenizerModel(nn.Module, ModelHubMixin):
         self.quantizer = quantizer
         self.normalization = Normalization(**dict(normalization or {}))
         self.config: dict[str, Any] | None = None  # the config subtree that builds this model (set by its builder)
+        self.token_offsets: nn.Embedding | None = None
+        if quantizer.variable_tokens and self.decodes_every_position:
+            self.token_offsets = nn.Embedding(quantizer.max_token_len, quantizer.dim)
+            nn.init.zeros_(self.token_offsets.weight)  # the decoder starts from the held token vectors alone
 
     # --- sizes ------------------------------------------------------------------------------------
     @property
@@ -165,7 +173,22 @@ class TokenizerModel(nn.Module, ModelHubMixin):
         """Normalized data -> ``ModelOutput`` (reconstruction in the same space, quantizer output, latents)."""
         tokens, shape = self.encoder(inputs)
         q = self.quantizer(tokens)
-        return ModelOutput(reconstruction=self.decoder(q.z_q, shape), quantized=q, latents=tokens)
+        return ModelOutput(reconstruction=self.decoder(self.decoder_tokens(q), shape), quantized=q, latents=tokens)
+
+    def decoder_tokens(self, q: QuantizerOutput) -> Tensor:
+        """(B, N, D) what the decoder reads at every position: ``q.z_q``, or for variable-length tokens the
+        vector of the token covering each position plus the embedding of the position inside it."""
+        if self.token_offsets is None:
+            return q.z_q
+        held, weights = self.quantizer.hold_tokens(q)
+        return held + weights.to(held.dtype) @ self.token_offsets.weight.to(held.dtype)
+
+    def tokens_of_ids(self, ids: Tensor) -> Tensor:
+        """(B, N, D) decoder tokens of ids (B, N) (residual: (B, N, s)); variable-length tokens: -1 inside each."""
+        if self.token_offsets is None:
+            return self.quantizer.decode(ids)
+        held, weights = self.quantizer.expand(ids)
+        return held + weights.to(held.dtype) @ self.token_offsets.weight.to(held.dtype)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:

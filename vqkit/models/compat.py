@@ -4,11 +4,10 @@ A model decodes what its quantizer emits only when both agree on what a token is
 
 - the text models (``TextTokenizer``, ``model=text_*``) read variable-length tokens: only the gated
   quantizer (``quantizer=gq``) marks where each token ends, and its segment decoder needs that gate;
-- the image and audio models (``ImageTokenizer``, ``AudioTokenizer``) decode an id (one per stage for
-  residual quantizers) at every position of a fixed grid or frame rate: a quantizer whose tokens have
-  variable length (``gq``: id -1 at the positions inside a token) leaves holes they cannot decode.
-
-Every other registered quantizer works with the image and audio models. ``check_pair`` raises an
+- the image and audio models (``ImageTokenizer``, ``AudioTokenizer``) decode a vector at every position of
+  a fixed grid or frame rate: every registered quantizer works with them; with variable-length tokens
+  (``gq``: id -1 at the positions inside a token) each position reads the token that covers it
+  (``TokenizerModel.decoder_tokens``). ``check_pair`` raises an
 ``IncompatibleQuantizerError`` that names the pair and the quantizers that do work with the model;
 ``TokenizerModel.__init__`` runs it on the parts it is given, ``check_model_config`` on a model config
 before anything is built (``vqkit.lit.run_config.module_from_config``: training and evaluation).
@@ -41,9 +40,6 @@ def pair_problem(model_cls: type, quantizer_cls: type) -> str | None:
             return None
         return ("a text model's segment decoder reads variable-length tokens, and only the gated quantizer marks "
                 "their ends")
-    if getattr(quantizer_cls, "variable_tokens", False):
-        return (f"it emits variable-length tokens (id -1 at the positions inside a token), which only the text models "
-                f"decode; {modality} models decode an id at every position")
     return None
 
 

@@ -128,7 +128,7 @@ class ImageTokenizer(TokenizerModel):
                 )
             shape = tuple(codes.shape[1:3])
         codes = codes.to(self.device).reshape(codes.shape[0], -1, *per_token)
-        tokens = codes if codes.is_floating_point() else self.quantizer.decode(codes)
+        tokens = codes if codes.is_floating_point() else self.tokens_of_ids(codes)
         return self.denormalize(self.decoder(tokens, shape))
 
     def _encode(self, images: ImageInput, ids: bool) -> Tensor:
@@ -159,7 +159,7 @@ class ImageTokenizer(TokenizerModel):
         if ids:
             codes = self.quantizer.encode(tokens)  # (B, N), or (B, N, S) for residual quantizers
             return codes.reshape(b, *token_shape, *codes.shape[2:])
-        return self.quantizer(tokens).z_q.reshape(b, *token_shape, d)
+        return self.decoder_tokens(self.quantizer(tokens)).reshape(b, *token_shape, d)
 
 
 def as_image_batch(images: ImageInput) -> Tensor:

@@ -50,6 +50,7 @@ class TextTokenizer(TokenizerModel):
 
     modality = "text"
     data_key = "bytes"
+    decodes_every_position = False  # the segment decoder reads each position's own code
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer,
                  normalization: Mapping[str, Any] | None = None) -> None:
@@ -59,6 +60,12 @@ class TextTokenizer(TokenizerModel):
                 f"the decoder's max_token_len ({decoder.max_token_len}) differs from the quantizer's "
                 f"({quantizer.max_token_len}); set quantizer.max_token_len=${{model.decoder.max_token_len}} "
                 "(the default)"
+            )
+        if getattr(quantizer, "compression_weight", 0.0):
+            raise ValueError(
+                f"a text model weights the gates' compression term in its training module "
+                f"(module.losses.compression.weight, alpha); quantizer.compression_weight="
+                f"{quantizer.compression_weight:g} would add it twice: set quantizer.compression_weight=0"
             )
         if normalization and (normalization.get("mean", 0.0) != 0.0 or normalization.get("std", 1.0) != 1.0):
             raise ValueError(f"text models take byte ids as they are; normalization must be the identity, got "

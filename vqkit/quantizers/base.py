@@ -68,7 +68,9 @@ class Quantizer(nn.Module, ABC):
     # S ids per token, indices (B, N, S), codebook (S, K, C), and decode takes ids (..., S).
     num_stages: int | None = None
     # True: ``mask`` of the output marks the positions that end a token (a subset of the input's), ids are -1
-    # elsewhere: tokens of variable length (the gated quantizer), which only the text models decode.
+    # elsewhere: tokens of variable length (the gated quantizer). Such a quantizer also has ``max_token_len``,
+    # ``hold_tokens(out)`` and ``expand(ids)``: the token vector at every position, for models that decode every
+    # position (``TokenizerModel.decoder_tokens``).
     variable_tokens: bool = False
 
     @abstractmethod

@@ -28,6 +28,21 @@ What ``forward`` returns (a ``GatedQuantizerOutput``, a ``QuantizerOutput`` with
     gates: (B, T) float32 g; segment_mask: (B, T, K); valid: (B, T) bool, the positions quantized;
         codes: (B, T) the inner ids at every valid position (-1 on padding).
 
+Models that decode every position (image, audio, any ``(B, N, D)`` sequence) read a token as a (code, length)
+pair: the vector of the token that covers each position (``hold``), plus which position inside the token it is.
+The length is not coded: it is implied by where the next token ends (the ids' -1 positions), so a token costs
+log2(K) + log2(max_token_len) bits when sent as a (code, length) pair. ``hold`` weights the positions t..t+L-1
+by the probability that the token covering t ends there,
+
+    P_{t,j} = g_{t+j} * prod_{i<j} (1 - g_{t+i})      (renormalized over j < L = max_token_len),
+
+soft in training (the gates get gradients; ``expansion="straight_through"``: the hard forward with the soft
+gradient) and hard (one-hot at the next boundary) in eval; ``expand`` does the hard one from ids.
+``compression_weight`` adds weight x mean(g) to ``loss`` for those models (text models weight that term in
+their training module instead, ``module.losses.compression``). ``target_rate`` (tokens per latent position)
+replaces the fixed weight by a Lagrange multiplier that dual ascent moves every training step until the rate is
+met (``compression_weight_now``); ``metrics["tokens_per_position"]`` is the batch's realised rate.
+
 Contract exception: ``decode(encode(z))`` is the code of each TOKEN, so it equals ``forward(z).z_q`` at
 the token positions (``out.mask``) in eval mode, not at the positions inside a token (whose ids are -1).
 ``encode`` gates exact codes (``decode`` of the inner ids), ``forward`` the straight-through ``z_q``; the
@@ -45,9 +60,11 @@ from torch import Tensor, nn
 
 from vqkit.layers.alibi import ALiBiTransformer
 from vqkit.quantizers.base import Quantizer, QuantizerOutput
+from vqkit.quantizers.distributed import all_reduce_sum
 from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer, self_contained_inner_options
 
 SEGMENTATION_MODES = ("learned", "fixed")
+EXPANSION_MODES = ("soft", "straight_through")
 
 
 class SameConv1d(nn.Conv1d):
@@ -128,6 +145,41 @@ def segment_lengths(boundaries: Tensor) -> Tensor:
     return pos - previous
 
 
+def next_boundary(boundaries: Tensor) -> Tensor:
+    """(B, T) int64: the first boundary at or after each position (T where a row has none left)."""
+    t = boundaries.shape[1]
+    pos = torch.arange(t, device=boundaries.device).expand_as(boundaries)
+    marked = torch.where(boundaries, pos, torch.full_like(pos, t))
+    return marked.flip(1).cummin(dim=1).values.flip(1)
+
+
+def hold_weights(gates: Tensor, max_token_len: int) -> Tensor:
+    """(B, T, L) probability that the token covering position t ends at t + j, from gates (B, T), L = max_token_len.
+
+    P_{t,j} = g_{t+j} prod_{i<j} (1 - g_{t+i}), zero past the row, renormalized over the L positions (a row end
+    has g = 1, so only a run longer than L without a likely boundary loses mass before renormalizing).
+    """
+    g = F.pad(gates, (0, max_token_len - 1), value=0.0).unfold(1, max_token_len, 1)  # (B, T, L): g_{t+j}
+    keep = torch.cumprod(1.0 - g, dim=-1)  # prod_{i<=j} (1 - g_{t+i})
+    survive = torch.cat([torch.ones_like(keep[..., :1]), keep[..., :-1]], dim=-1)  # prod_{i<j}
+    weights = g * survive
+    return weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+def hard_hold_weights(boundaries: Tensor, max_token_len: int) -> Tensor:
+    """(B, T, L) float one-hot at j = (next boundary at or after t) - t; zero rows where no boundary follows."""
+    offset = next_boundary(boundaries) - torch.arange(boundaries.shape[1], device=boundaries.device)
+    inside = offset < max_token_len
+    return F.one_hot(offset.clamp(max=max_token_len - 1), max_token_len).float() * inside[..., None]
+
+
+def hold(z_q: Tensor, weights: Tensor) -> Tensor:
+    """(B, T, D) sum_j weights[t, j] * z_q[t + j]: each position gets the vector(s) of the token(s) covering it."""
+    length = weights.shape[-1]
+    ahead = F.pad(z_q, (0, 0, 0, length - 1)).unfold(1, length, 1)  # (B, T, D, L): z_q[t + j]
+    return torch.einsum("btdl,btl->btd", ahead, weights.to(z_q.dtype))
+
+
 def fixed_gates(valid: Tensor, fixed_length: int) -> Tensor:
     """(B, T) float gates of the fixed baseline: 1 at every ``fixed_length``-th position, 0 elsewhere and on padding."""
     t = torch.arange(valid.shape[1], device=valid.device)
@@ -178,9 +230,17 @@ class GatedQuantizer(Quantizer):
         depth: gate transformer blocks (paper: 2).
         num_heads: gate attention heads.
         kernel: base kernel of the gate's convolutions; None: ``max_token_len`` (the paper's choice).
+        compression_weight: weight of mean(g) in ``loss`` (models that decode every position; text models weight
+            the term in their training module and need 0 here).
+        expansion: ``hold`` in training: ``soft`` (the gates' probabilities) or ``straight_through`` (hard
+            forward, soft gradient).
+        target_rate: tokens per latent position to reach (in [1 / max_token_len, 1]); None: no rate control.
+            Set, the weight of mean(g) is a Lagrange multiplier adapted every training step (starting at
+            ``compression_weight``, see ``compression_weight_now``) until the batches' token rate meets it.
+        rate_lr: the multiplier's step per unit of relative rate error.
 
     Raises:
-        ValueError: an unknown segmentation, a multi-stage or gated inner backend, options that clash.
+        ValueError: an unknown segmentation or expansion, a multi-stage or gated inner backend, options that clash.
     """
 
     variable_tokens = True  # ``mask`` marks the tokens it emits, a subset of the positions it was given
@@ -199,12 +259,30 @@ class GatedQuantizer(Quantizer):
         depth: int = 2,
         num_heads: int = 4,
         kernel: int | None = None,
+        compression_weight: float = 0.0,
+        expansion: str = "soft",
+        target_rate: float | None = None,
+        rate_lr: float = 0.02,
     ) -> None:
         super().__init__()
         if segmentation not in SEGMENTATION_MODES:
             raise ValueError(f"segmentation must be one of {SEGMENTATION_MODES}, got {segmentation!r}")
+        if expansion not in EXPANSION_MODES:
+            raise ValueError(f"expansion must be one of {EXPANSION_MODES}, got {expansion!r}")
+        if compression_weight < 0:
+            raise ValueError(f"compression_weight must be >= 0, got {compression_weight}")
         if max_token_len < 1:
             raise ValueError(f"max_token_len must be >= 1, got {max_token_len}")
+        if target_rate is not None:
+            if segmentation != "learned":
+                raise ValueError("target_rate needs segmentation=learned: a fixed segmentation has a fixed rate "
+                                 f"(1 / fixed_length = {1 / fixed_length:.3g} tokens per position)")
+            if not 1.0 / max_token_len <= target_rate <= 1.0:
+                raise ValueError(f"target_rate is tokens per latent position and must lie in [1 / max_token_len, 1] = "
+                                 f"[{1 / max_token_len:.3g}, 1], got {target_rate}: a token covers at most "
+                                 f"max_token_len={max_token_len} positions (raise it for lower rates)")
+            if rate_lr <= 0:
+                raise ValueError(f"rate_lr must be > 0, got {rate_lr}")
         if segmentation == "fixed" and not 0 < fixed_length <= max_token_len:
             raise ValueError(f"fixed_length must lie in [1, max_token_len={max_token_len}], got {fixed_length}")
         self.dim = dim
@@ -212,6 +290,14 @@ class GatedQuantizer(Quantizer):
         self.segmentation = segmentation
         self.fixed_length = fixed_length
         self.max_token_len = max_token_len
+        self.compression_weight = float(compression_weight)
+        self.expansion = expansion
+        self.target_rate = None if target_rate is None else float(target_rate)
+        self.rate_lr = float(rate_lr)
+        if self.target_rate is not None:
+            # The rate controller's multiplier (the compression weight it has reached): saved with the weights so
+            # that a resumed run and an artifact carry it on.
+            self.register_buffer("rate_weight", torch.tensor(float(compression_weight)))
         # The gate is built before the inner backend, so that parameters are drawn from the RNG in the
         # order of the original GQ-VAE model (encoder, decoder, gate, codebook).
         self.gate = (
@@ -259,10 +345,18 @@ class GatedQuantizer(Quantizer):
         indices = torch.where(boundaries, q.indices, torch.full_like(q.indices, -1))
         metrics = dict(q.metrics)
         metrics["bytes_per_token"] = (valid.sum() / boundaries.sum().clamp_min(1)).float().detach()
+        tokens_per_position = (boundaries.sum() / n_valid).float().detach()
+        metrics["tokens_per_position"] = tokens_per_position
+        loss = q.loss
+        weight = self.compression_weight_now(boundaries, valid)
+        if self.gate is not None and (self.target_rate is not None or weight):
+            loss = loss + weight * compression
+        if self.target_rate is not None:
+            metrics["rate_weight"] = self.rate_weight.detach().clone()
         return GatedQuantizerOutput(
             z_q=q.z_q,
             indices=indices,
-            loss=q.loss,
+            loss=loss,
             losses={**q.losses, "compression": compression},
             mask=boundaries,
             probs=q.probs,
@@ -273,6 +367,26 @@ class GatedQuantizer(Quantizer):
             codes=q.indices,
             learned_gates=self.gate is not None,
         )
+
+    def compression_weight_now(self, boundaries: Tensor, valid: Tensor) -> Tensor | float:
+        """The weight of mean(g) in this step's loss: ``compression_weight``, or under ``target_rate`` the
+        controller's multiplier, which (training only) then takes one step of dual ascent on the rate constraint:
+
+            w <- w + rate_lr * (tokens per position - target_rate) / target_rate
+
+        with the tokens per position of this batch summed over every rank (the same w everywhere). The rate is an
+        equality constraint, so w may go negative: below the target it asks for more tokens.
+        """
+        if self.target_rate is None:
+            return self.compression_weight
+        weight = self.rate_weight.clone()
+        if self.training:
+            with torch.no_grad():
+                counts = all_reduce_sum(torch.stack([boundaries.sum(), valid.sum()]).float())
+                rate = counts[0] / counts[1].clamp_min(1)
+                step = self.rate_lr * (rate - self.target_rate) / self.target_rate
+                self.rate_weight.add_(step)
+        return weight
 
     @torch.no_grad()
     def segment(self, z: Tensor, mask: Tensor | None = None) -> Segmentation:
@@ -294,6 +408,57 @@ class GatedQuantizer(Quantizer):
         """Vectors (..., D) of code ids (...) (the inner backend's codes)."""
         return self.inner.decode(indices)
 
+    # --- every position of a token (image / audio models) -----------------------------------------
+    def hold_tokens(self, out: GatedQuantizerOutput) -> tuple[Tensor, Tensor]:
+        """``(held (B, T, D), weights (B, T, L))`` of a ``forward`` output: the token vector at every position.
+
+        ``weights[t, j]`` is the probability that the token covering t ends at t + j: soft (from the gates) in
+        training, one-hot at the next boundary in eval (see the module docstring); zero on padding.
+        """
+        hard = hard_hold_weights(out.mask, self.max_token_len)
+        if not self.training:
+            weights = hard
+        else:
+            soft = hold_weights(out.gates, self.max_token_len)
+            weights = soft if self.expansion == "soft" else hard + soft - soft.detach()
+        weights = weights * out.valid[..., None]
+        return hold(out.z_q, weights), weights
+
+    def expand(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """``(held (B, T, D), weights (B, T, L))`` from token ids (B, T): the code at each token's last position, -1
+        at the positions inside it (as ``encode`` returns them); weights one-hot at the position inside the token.
+
+        Raises:
+            ValueError: not (B, T) ids, a row whose last position is not a token's end (-1), a token longer than
+                ``max_token_len`` positions, or ids outside [-1, K).
+        """
+        if indices.dim() != 2:
+            raise ValueError(f"gated token ids are (B, T) with -1 inside each token, got shape {tuple(indices.shape)}")
+        if indices.shape[1] == 0:
+            raise ValueError("gated token ids of 0 positions: there is nothing to decode")
+        if int(indices.min()) < -1:
+            raise ValueError(f"gated token ids lie in [-1, {self.codebook_size - 1}], got a minimum of "
+                             f"{int(indices.min())}")
+        boundaries = indices >= 0
+        if not bool(boundaries[:, -1].all()):
+            raise ValueError("every row of gated token ids must end a token (a code id, not -1, at its last "
+                             "position): the ids were cut inside a token")
+        offsets = next_boundary(boundaries) - torch.arange(indices.shape[1], device=indices.device)
+        if int(offsets.max()) >= self.max_token_len:
+            raise ValueError(f"a token covers {int(offsets.max()) + 1} positions, more than this quantizer's "
+                             f"max_token_len={self.max_token_len}: these ids come from another tokenizer")
+        weights = hard_hold_weights(boundaries, self.max_token_len)
+        z_q = self.inner.decode(indices.clamp_min(0)) * boundaries[..., None]
+        return hold(z_q, weights), weights
+
+    @staticmethod
+    def token_lengths(indices: Tensor) -> Tensor:
+        """(B, T) int64 positions each token covers, at its last position (0 at the positions inside a token)."""
+        boundaries = indices >= 0
+        return torch.where(boundaries, segment_lengths(boundaries), torch.zeros_like(indices))
+
     def extra_repr(self) -> str:
         return (f"inner={self.inner_name}, segmentation={self.segmentation}, max_token_len={self.max_token_len}"
-                + (f", fixed_length={self.fixed_length}" if self.gate is None else ""))
+                + (f", fixed_length={self.fixed_length}" if self.gate is None else "")
+                + (f", compression_weight={self.compression_weight:g}" if self.compression_weight else "")
+                + (f", target_rate={self.target_rate:g}" if self.target_rate is not None else ""))

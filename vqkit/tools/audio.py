@@ -6,8 +6,8 @@
     python -m vqkit.tools.audio info --tokenizer DIR
 
 A codes file is safetensors with one tensor ``codes`` (ids (N, S) for residual quantizers, (N,)
-for single-stage ones, int16 when the codebook has at most 32,768 codes, else int32; float (N, D)
-for soft quantizers) and metadata: ``sample_rate``,
+for single-stage ones (variable-length tokens: -1 at the frames inside a token), int16 when the codebook
+has at most 32,768 codes, else int32; float (N, D) for soft quantizers) and metadata: ``sample_rate``,
 ``length`` (samples of the input), ``hop_length``, ``num_stages``, ``channels`` (1: the models are mono;
 multi-channel files are mixed down), ``codebook_size``, ``tokenizer`` (the artifact directory, so ``decode``
 finds it without ``--tokenizer``) and ``tokenizer_digest`` (``vqkit.models.identity.model_digest``: sha256 of
@@ -47,11 +47,25 @@ def _load(path: str | Path, device: str) -> AudioTokenizer:
 def describe(tokenizer: AudioTokenizer, stages: int | None = None) -> str:
     """One line: rates, stages, codebook and bitrate."""
     used = stages or tokenizer.num_stages
-    return (
-        f"{tokenizer.sample_rate} Hz audio, {tokenizer.frame_rate:g} frames/s (hop {tokenizer.hop_length}), "
-        f"{used}/{tokenizer.num_stages} stage(s) x {tokenizer.codebook_size} codes: "
-        f"{tokenizer.bitrate(used) / 1000:.3g} kbps"
-    )
+    head = f"{tokenizer.sample_rate} Hz audio, {tokenizer.frame_rate:g} frames/s (hop {tokenizer.hop_length}), "
+    if tokenizer.variable_tokens:
+        target = tokenizer.quantizer.target_rate
+        rate = (f"target {tokenizer.token_rate:g} tokens/s: {tokenizer.bitrate() / 1000:.3g} kbps" if target
+                else f"at most {tokenizer.token_rate:g} tokens/s: <= {tokenizer.bitrate() / 1000:.3g} kbps")
+        return (f"{head}variable-length tokens of {tokenizer.codebook_size} codes x up to "
+                f"{tokenizer.quantizer.max_token_len} frames ({tokenizer.token_bits:.3g} bits each), {rate}")
+    return (f"{head}{used}/{tokenizer.num_stages} stage(s) x {tokenizer.codebook_size} codes: "
+            f"{tokenizer.bitrate(used) / 1000:.3g} kbps")
+
+
+def realised(tokenizer: AudioTokenizer, codes: torch.Tensor) -> str:
+    """What one file's ids cost: tokens, tokens/s and kbps (fixed-rate ids: the nominal rate)."""
+    if codes.is_floating_point():
+        return f"{codes.shape[0]} continuous tokens"
+    tokens = int((codes >= 0).sum())
+    seconds = codes.shape[0] / tokenizer.frame_rate
+    return (f"{tokens} tokens in {seconds:.3g} s: {tokens / seconds:.4g} tokens/s, "
+            f"{tokenizer.realised_bitrate(codes[None]) / 1000:.4g} kbps realised")
 
 
 def identity(tokenizer: AudioTokenizer) -> dict[str, str]:
@@ -120,7 +134,8 @@ def encode_file(
         "source": Path(audio_path).name,
     }
     write_atomically(codes_path, save({"codes": codes}, metadata=metadata))
-    return {**metadata, "description": describe(tokenizer, stages), "frames": str(codes.shape[0])}
+    return {**metadata, "description": describe(tokenizer, stages), "frames": str(codes.shape[0]),
+            "realised": realised(tokenizer, codes)}
 
 
 def decode_file(
@@ -156,7 +171,8 @@ def decode_file(
     Path(audio_path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(audio_path), wave, tokenizer.sample_rate, subtype="PCM_16")
     used = codes.shape[-1] if codes.dim() == 2 and not codes.is_floating_point() else None
-    return {"description": describe(tokenizer, used), "samples": str(wave.shape[0])}
+    return {"description": describe(tokenizer, used), "samples": str(wave.shape[0]),
+            "realised": realised(tokenizer, codes)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,10 +207,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "encode":
             meta = encode_file(args.audio, args.codes, args.tokenizer, args.stages, args.device)
-            print(f"vqkit.tools.audio: {args.audio} -> {args.codes}: {meta['frames']} frames | {meta['description']}")
+            print(f"vqkit.tools.audio: {args.audio} -> {args.codes}: {meta['frames']} frames, {meta['realised']} | "
+                  f"{meta['description']}")
         elif args.command == "decode":
             meta = decode_file(args.codes, args.audio, args.tokenizer, args.stages, args.device, args.force)
-            print(f"vqkit.tools.audio: {args.codes} -> {args.audio}: {meta['samples']} samples | {meta['description']}")
+            print(f"vqkit.tools.audio: {args.codes} -> {args.audio}: {meta['samples']} samples from "
+                  f"{meta['realised']} | {meta['description']}")
         else:
             print(f"vqkit.tools.audio: {args.tokenizer}: {describe(_load(args.tokenizer, args.device))}")
     except (OSError, ValueError, TypeError) as err:
