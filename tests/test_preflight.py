@@ -16,6 +16,7 @@ DATA = {"photos": "image", "imagenet": "image", "speech": "audio", "audio_folder
 MODELS = {"image_conv": "image", "image_conv_gan": "image", "image_1d": "image", "image_1d_gan": "image",
           "audio_conv": "audio", "audio_conv_gan": "audio", "text_gq": "text", "text_fixed": "text"}
 FIRST_MODEL = {"image": "image_conv", "audio": "audio_conv", "text": "text_gq"}
+FIRST_DATA = {"image": "photos", "audio": "speech", "text": "shakespeare"}  # embedded: no path needed
 
 
 def test_every_data_and_model_config_is_classified() -> None:
@@ -38,7 +39,8 @@ def nothing_built(monkeypatch):
 )
 def test_data_and_model_of_different_modalities_are_refused_at_start(data, model, nothing_built, tmp_path) -> None:
     modality = DATA[data]
-    with pytest.raises(ValueError, match=rf"data={data} is {modality}.*model={model}.*model={FIRST_MODEL[modality]}"):
+    with pytest.raises(ValueError, match=rf"data={data} is {modality}.*model={model}.*model={FIRST_MODEL[modality]}"
+                                         rf".*or keep model={model} with data={FIRST_DATA[MODELS[model]]}"):
         train(compose_train_config([f"data={data}", f"model={model}"], tmp_path))
 
 

@@ -100,6 +100,16 @@ def models_of(modality: str) -> list[str]:
     return sorted(names, key=lambda n: (n != default, bool(_bases(n)), n))
 
 
+def data_of(modality: str) -> list[str]:
+    """The conf/data options whose data module is of ``modality`` (embedded data first: they need no path)."""
+    names = []
+    for path in sorted((CONF_DIR / "data").glob("*.yaml")):
+        target = OmegaConf.select(OmegaConf.load(path), "_target_", default=None)
+        if target is not None and getattr(get_class(target), "modality", None) == modality:
+            names.append(path.stem)
+    return sorted(names, key=lambda n: "root: ???" in (CONF_DIR / "data" / f"{n}.yaml").read_text())
+
+
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
@@ -119,8 +129,11 @@ def refuse_mixed_modalities(cfg: DictConfig) -> None:
     fits = models_of(data_modality)
     use = f"model={fits[0]}" + (f" (or {', '.join(fits[1:])})" if fits[1:] else "") if fits else (
         f"a model config of {data_modality} data")
+    data_fits = data_of(model_modality)
+    other = f", or keep {model} with data={data_fits[0]}" + (
+        f" (or {', '.join(data_fits[1:])})" if data_fits[1:] else "") if data_fits else ""
     raise ValueError(
-        f"{data} is {data_modality}; {model} is {_article(model_modality)} {model_modality} model: use {use}"
+        f"{data} is {data_modality}; {model} is {_article(model_modality)} {model_modality} model: use {use}{other}"
     )
 
 
