@@ -42,6 +42,16 @@ def report_child_result(result_tag: str, task: Callable[[], dict[str, Any]]) -> 
     print(result_tag + json.dumps(result), flush=True)
 
 
+def run_script(result_tag: str, child: Callable[[dict[str, Any]], dict[str, Any]], main: Callable[[], Any]) -> None:
+    """A cell script's entry point: ``--child <spec json>`` runs one cell (:func:`report_child_result`), anything
+    else the script's ``main``."""
+    if sys.argv[1:2] == ["--child"]:
+        spec = json.loads(sys.argv[2])
+        report_child_result(result_tag, lambda: child(spec))
+    else:
+        main()
+
+
 def run_capped(
     script: Path, spec: dict[str, Any], mem_cap_gib: float, timeout: float, result_tag: str, timeout_status: str
 ) -> dict[str, Any]:

@@ -33,6 +33,7 @@ VARIANTS = {
     "vq+groups": ("vq", {"num_groups": 2, "shared_codebook": False}),
     "ema_vq+groups_shared": ("ema_vq", {"num_groups": 2, "shared_codebook": True}),
     "vq+rotation": ("vq", {"estimator": "rotation"}),
+    "gq+target_rate": ("gq", {"target_rate": 0.5}),  # the running gate statistics are averaged over ranks
 }
 
 

@@ -116,40 +116,46 @@ def test_bad_options_are_refused() -> None:
         quantizer(compression_weight=-1.0)
 
 
-def test_rate_control_moves_the_weight_towards_the_target() -> None:
-    q = quantizer(target_rate=0.25, compression_weight=0.1, rate_lr=0.5).train()
-    z = torch.randn(2, 12, 8)
-    rate = float(q(z).metrics["tokens_per_position"])
-    after = float(q.rate_weight)
-    # one step of dual ascent on the relative rate error: up when too many tokens, down when too few
-    assert after == pytest.approx(0.1 + 0.5 * (rate - 0.25) / 0.25, abs=1e-6)
+def test_rate_control_moves_the_logit_threshold_towards_the_target() -> None:
+    q = quantizer(target_rate=0.25, rate_lr=0.5, rate_momentum=0.9).train()
+    z = torch.randn(4, 24, 8)
+    out = q(z)
+    logits = q.gate.logits(out.z_q, out.valid).detach()
+    assert torch.allclose(out.gates[:, :-1], torch.sigmoid(logits)[:, :-1], atol=1e-5)  # tau starts at 0
+    spread = logits[:, :-1].std()  # the row ends (always tokens) do not count
+    rate = float(out.metrics["tokens_per_position"])  # cuts at max_token_len and row ends included
+    assert float(q.rate_stats[1]) == pytest.approx(0.9 + 0.1 * float(spread), rel=1e-4)
+    assert float(q.rate_stats[0]) == pytest.approx(0.5 * float(q.rate_stats[1]) * (rate - 0.25) / 0.25, rel=1e-4)
     q.eval()
-    q(z)
-    assert float(q.rate_weight) == after  # eval never moves it
-    assert "rate_weight" in dict(q.named_buffers())  # saved with the weights: resume and artifacts keep it
+    stats = q.rate_stats.clone()
+    eval_out = q(z)
+    assert torch.equal(q.rate_stats, stats)  # eval uses the threshold and never moves it
+    assert torch.allclose(eval_out.gates[:, :-1], torch.sigmoid(logits - stats[0])[:, :-1], atol=1e-5)
+    assert "rate_stats" in dict(q.named_buffers())  # saved with the weights: resume and artifacts keep it
 
 
-def test_rate_control_reaches_a_target_rate() -> None:
-    # The reconstruction of every position from its token's vector asks for as many tokens as possible (rate 1);
-    # the controller's multiplier must hold the rate at the target instead.
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_rate_control_finds_the_threshold_of_a_target_rate(target: float) -> None:
+    # A fixed gate on fresh batches: the controller alone must find the logit threshold at which the held-out
+    # rate (eval, new data) is the target, from a start (tau = 0) that gives another rate.
     torch.manual_seed(0)
-    q = quantizer(target_rate=0.5, compression_weight=0.0).train()
-    opt = torch.optim.Adam(q.parameters(), lr=3e-3)
-    z = torch.randn(8, 24, 8)
-    for _ in range(400):
-        opt.zero_grad()
-        out = q(z)
-        held, _ = q.hold_tokens(out)
-        (torch.nn.functional.mse_loss(held, z) + out.loss).backward()
-        opt.step()
+    q = quantizer(target_rate=target, rate_lr=0.1).train()
+    for _ in range(300):
+        q(torch.randn(8, 24, 8))
     q.eval()
     with torch.no_grad():
-        assert float(q(z).metrics["tokens_per_position"]) == pytest.approx(0.5, abs=0.05)
+        held_out = q(torch.randn(64, 24, 8))
+    assert float(held_out.metrics["tokens_per_position"]) == pytest.approx(target, rel=0.05)
+    untouched = quantizer(target_rate=target).eval()
+    with torch.no_grad():
+        start = float(untouched(torch.randn(64, 24, 8)).metrics["tokens_per_position"])
+    assert abs(start - target) > 0.05  # the target was not met by the untrained threshold already
 
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"target_rate": 0.1}, r"\[0.25, 1\]"),
     ({"target_rate": 0.5, "segmentation": "fixed", "fixed_length": 2}, "needs segmentation=learned"),
+    ({"target_rate": 0.5, "rate_momentum": 1.0}, r"rate_momentum must lie in \[0, 1\)"),
     ({"target_rate": 0.5, "rate_lr": 0.0}, "rate_lr must be > 0"),
 ])
 def test_rate_control_refuses_targets_it_cannot_reach(options: dict, message: str) -> None:

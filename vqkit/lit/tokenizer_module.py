@@ -163,6 +163,8 @@ class TokenizerModule(RunConfigMixin, L.LightningModule):
         x = self._data(batch)
         _, out, logs = self.compute_losses(x, None)
         logs = {k: v for k, v in logs.items() if not k.endswith("/weight")}
+        if "tokens_per_position" in out.quantized.metrics:  # variable-length tokens: the realised token rate
+            logs["tokens_per_position"] = out.quantized.metrics["tokens_per_position"]
         self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=x.shape[0])
         data_metrics = getattr(self, f"{stage}_metrics")
         if len(data_metrics):

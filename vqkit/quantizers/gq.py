@@ -40,8 +40,9 @@ soft in training (the gates get gradients; ``expansion="straight_through"``: the
 gradient) and hard (one-hot at the next boundary) in eval; ``expand`` does the hard one from ids.
 ``compression_weight`` adds weight x mean(g) to ``loss`` for those models (text models weight that term in
 their training module instead, ``module.losses.compression``). ``target_rate`` (tokens per latent position)
-replaces the fixed weight by a Lagrange multiplier that dual ascent moves every training step until the rate is
-met (``compression_weight_now``); ``metrics["tokens_per_position"]`` is the batch's realised rate.
+subtracts from the gate's logits a threshold tau, the same in training and eval, that every training step moves
+towards the rate (stochastic approximation of the quantile that meets it; ``rate_logits``,
+``update_rate_threshold``); ``metrics["tokens_per_position"]`` is the realised rate.
 
 Contract exception: ``decode(encode(z))`` is the code of each TOKEN, so it equals ``forward(z).z_q`` at
 the token positions (``out.mask``) in eval mode, not at the positions inside a token (whose ids are -1).
@@ -103,11 +104,15 @@ class BoundaryGate(nn.Module):
             SameConv1d(width // 4, 1, kernel),
         )
 
-    def forward(self, z_q: Tensor, valid: Tensor | None = None) -> Tensor:
-        """z_q (B, T, D), valid (B, T) bool -> g (B, T) float32 in (0, 1)."""
+    def logits(self, z_q: Tensor, valid: Tensor | None = None) -> Tensor:
+        """z_q (B, T, D), valid (B, T) bool -> (B, T) float32 logits of g."""
         key_padding = None if valid is None else ~valid
         h = self.transformer(self.inp(z_q), key_padding)  # (B, T, W)
-        return torch.sigmoid(self.convs(h.transpose(1, 2)).squeeze(1).float())  # (B, T)
+        return self.convs(h.transpose(1, 2)).squeeze(1).float()
+
+    def forward(self, z_q: Tensor, valid: Tensor | None = None) -> Tensor:
+        """z_q (B, T, D), valid (B, T) bool -> g (B, T) float32 in (0, 1)."""
+        return torch.sigmoid(self.logits(z_q, valid))
 
 
 def segment_mask(gates: Tensor, max_token_len: int) -> Tensor:
@@ -234,10 +239,11 @@ class GatedQuantizer(Quantizer):
             the term in their training module and need 0 here).
         expansion: ``hold`` in training: ``soft`` (the gates' probabilities) or ``straight_through`` (hard
             forward, soft gradient).
-        target_rate: tokens per latent position to reach (in [1 / max_token_len, 1]); None: no rate control.
-            Set, the weight of mean(g) is a Lagrange multiplier adapted every training step (starting at
-            ``compression_weight``, see ``compression_weight_now``) until the batches' token rate meets it.
-        rate_lr: the multiplier's step per unit of relative rate error.
+        target_rate: tokens per latent position to reach (in [1 / max_token_len, 1]); None: no rate control
+            (the gate decides at g > 0.5). Set, a threshold on the gate's logits follows the rate
+            (``update_rate_threshold``).
+        rate_lr: the threshold's step, in running stds of the logits per unit of relative rate error.
+        rate_momentum: weight of the running std's past in its update after each training batch.
 
     Raises:
         ValueError: an unknown segmentation or expansion, a multi-stage or gated inner backend, options that clash.
@@ -262,7 +268,8 @@ class GatedQuantizer(Quantizer):
         compression_weight: float = 0.0,
         expansion: str = "soft",
         target_rate: float | None = None,
-        rate_lr: float = 0.02,
+        rate_lr: float = 0.05,
+        rate_momentum: float = 0.9,
     ) -> None:
         super().__init__()
         if segmentation not in SEGMENTATION_MODES:
@@ -283,6 +290,8 @@ class GatedQuantizer(Quantizer):
                                  f"max_token_len={max_token_len} positions (raise it for lower rates)")
             if rate_lr <= 0:
                 raise ValueError(f"rate_lr must be > 0, got {rate_lr}")
+            if not 0.0 <= rate_momentum < 1.0:
+                raise ValueError(f"rate_momentum must lie in [0, 1), got {rate_momentum}")
         if segmentation == "fixed" and not 0 < fixed_length <= max_token_len:
             raise ValueError(f"fixed_length must lie in [1, max_token_len={max_token_len}], got {fixed_length}")
         self.dim = dim
@@ -294,10 +303,11 @@ class GatedQuantizer(Quantizer):
         self.expansion = expansion
         self.target_rate = None if target_rate is None else float(target_rate)
         self.rate_lr = float(rate_lr)
+        self.rate_momentum = float(rate_momentum)
         if self.target_rate is not None:
-            # The rate controller's multiplier (the compression weight it has reached): saved with the weights so
-            # that a resumed run and an artifact carry it on.
-            self.register_buffer("rate_weight", torch.tensor(float(compression_weight)))
+            # The controller's threshold tau on the gate's logits and the running std of the logits
+            # (``update_rate_threshold``): saved with the weights, so that a resumed run and an artifact use them.
+            self.register_buffer("rate_stats", torch.tensor([0.0, 1.0]))  # tau, running std of the logits
         # The gate is built before the inner backend, so that parameters are drawn from the RNG in the
         # order of the original GQ-VAE model (encoder, decoder, gate, codebook).
         self.gate = (
@@ -323,8 +333,10 @@ class GatedQuantizer(Quantizer):
         """(B, T) float32 boundary probabilities of quantized latents z_q (B, T, D): 1 at row ends, 0 on padding."""
         if self.gate is None:
             g = fixed_gates(valid, self.fixed_length)
-        else:
+        elif self.target_rate is None:
             g = self.gate(z_q.to(self.gate.inp.weight.dtype), valid)
+        else:
+            g = torch.sigmoid(self.rate_logits(self.gate.logits(z_q.to(self.gate.inp.weight.dtype), valid), valid))
         g = torch.where(row_ends(valid), torch.ones_like(g), g)
         return g * valid
 
@@ -348,11 +360,12 @@ class GatedQuantizer(Quantizer):
         tokens_per_position = (boundaries.sum() / n_valid).float().detach()
         metrics["tokens_per_position"] = tokens_per_position
         loss = q.loss
-        weight = self.compression_weight_now(boundaries, valid)
-        if self.gate is not None and (self.target_rate is not None or weight):
-            loss = loss + weight * compression
+        if self.compression_weight and self.gate is not None:
+            loss = loss + self.compression_weight * compression
         if self.target_rate is not None:
-            metrics["rate_weight"] = self.rate_weight.detach().clone()
+            if self.training:
+                self.update_rate_threshold(boundaries, valid)
+            metrics["rate_threshold"] = self.rate_stats[0].detach().clone()
         return GatedQuantizerOutput(
             z_q=q.z_q,
             indices=indices,
@@ -368,25 +381,35 @@ class GatedQuantizer(Quantizer):
             learned_gates=self.gate is not None,
         )
 
-    def compression_weight_now(self, boundaries: Tensor, valid: Tensor) -> Tensor | float:
-        """The weight of mean(g) in this step's loss: ``compression_weight``, or under ``target_rate`` the
-        controller's multiplier, which (training only) then takes one step of dual ascent on the rate constraint:
-
-            w <- w + rate_lr * (tokens per position - target_rate) / target_rate
-
-        with the tokens per position of this batch summed over every rank (the same w everywhere). The rate is an
-        equality constraint, so w may go negative: below the target it asks for more tokens.
-        """
-        if self.target_rate is None:
-            return self.compression_weight
-        weight = self.rate_weight.clone()
+    def rate_logits(self, logits: Tensor, valid: Tensor) -> Tensor:
+        """(B, T) logits - tau under ``target_rate``: the same threshold in training and eval, so that the rate a
+        run reaches in training is the rate its artifact gives on data like the training data. Training also
+        moves the running std of the logits (``rate_stats[1]``, the controller's step size) by
+        ``1 - rate_momentum``."""
         if self.training:
-            with torch.no_grad():
-                counts = all_reduce_sum(torch.stack([boundaries.sum(), valid.sum()]).float())
-                rate = counts[0] / counts[1].clamp_min(1)
-                step = self.rate_lr * (rate - self.target_rate) / self.target_rate
-                self.rate_weight.add_(step)
-        return weight
+            inner = valid & ~row_ends(valid)
+            if int(inner.sum()) > 1:
+                with torch.no_grad():
+                    one = torch.ones((), device=logits.device)
+                    sums = all_reduce_sum(torch.stack([logits.detach()[inner].std(), one]))
+                    self.rate_stats[1].mul_(self.rate_momentum).add_((1.0 - self.rate_momentum) * sums[0] / sums[1])
+        return logits - self.rate_stats[0]
+
+    def update_rate_threshold(self, boundaries: Tensor, valid: Tensor) -> None:
+        """One training step of the rate controller (``target_rate``): a stochastic-approximation step of the
+        threshold tau that the gate's logits must pass (g = sigmoid(logit - tau), ``rate_logits``),
+
+            tau <- tau + rate_lr * s * (tokens per position - target_rate) / target_rate
+
+        with the batch's realised rate (row ends and cuts at ``max_token_len`` included) summed over every rank,
+        and s the running std of the logits (``rate_stats[1]``, ``rate_logits``), so that the step follows their
+        scale.
+        It moves the decision itself, not the gate's gradients, so it also works on saturated gates.
+        """
+        with torch.no_grad():
+            counts = all_reduce_sum(torch.stack([boundaries.sum(), valid.sum()]).float())
+            rate = counts[0] / counts[1].clamp_min(1)
+            self.rate_stats[0].add_(self.rate_lr * self.rate_stats[1] * (rate - self.target_rate) / self.target_rate)
 
     @torch.no_grad()
     def segment(self, z: Tensor, mask: Tensor | None = None) -> Segmentation:
