@@ -126,8 +126,10 @@ def test_rate_control_moves_the_logit_threshold_towards_the_target() -> None:
     rate = float(out.metrics["tokens_per_position"])  # cuts at max_token_len and row ends included
     assert float(q.rate_stats[1]) == pytest.approx(0.9 + 0.1 * float(spread), rel=1e-4)
     assert float(q.rate_stats[0]) == pytest.approx(0.5 * float(q.rate_stats[1]) * (rate - 0.25) / 0.25, rel=1e-4)
-    q.eval()
     stats = q.rate_stats.clone()
+    q.encode(z)
+    assert torch.equal(q.rate_stats, stats)  # encode never moves them, even in training mode
+    q.eval()
     eval_out = q(z)
     assert torch.equal(q.rate_stats, stats)  # eval uses the threshold and never moves it
     assert torch.allclose(eval_out.gates[:, :-1], torch.sigmoid(logits - stats[0])[:, :-1], atol=1e-5)

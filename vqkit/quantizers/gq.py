@@ -329,14 +329,16 @@ class GatedQuantizer(Quantizer):
         return self.inner.codebook
 
     # --- segmentation ---------------------------------------------------------------------------
-    def gates_for(self, z_q: Tensor, valid: Tensor) -> Tensor:
-        """(B, T) float32 boundary probabilities of quantized latents z_q (B, T, D): 1 at row ends, 0 on padding."""
+    def gates_for(self, z_q: Tensor, valid: Tensor, update: bool = True) -> Tensor:
+        """(B, T) float32 boundary probabilities of quantized latents z_q (B, T, D): 1 at row ends, 0 on padding.
+        ``update``: a training-mode call may move the rate controller's statistics (``forward`` only)."""
         if self.gate is None:
             g = fixed_gates(valid, self.fixed_length)
         elif self.target_rate is None:
             g = self.gate(z_q.to(self.gate.inp.weight.dtype), valid)
         else:
-            g = torch.sigmoid(self.rate_logits(self.gate.logits(z_q.to(self.gate.inp.weight.dtype), valid), valid))
+            logits = self.gate.logits(z_q.to(self.gate.inp.weight.dtype), valid)
+            g = torch.sigmoid(self.rate_logits(logits, valid, update))
         g = torch.where(row_ends(valid), torch.ones_like(g), g)
         return g * valid
 
@@ -381,12 +383,12 @@ class GatedQuantizer(Quantizer):
             learned_gates=self.gate is not None,
         )
 
-    def rate_logits(self, logits: Tensor, valid: Tensor) -> Tensor:
+    def rate_logits(self, logits: Tensor, valid: Tensor, update: bool = True) -> Tensor:
         """(B, T) logits - tau under ``target_rate``: the same threshold in training and eval, so that the rate a
         run reaches in training is the rate its artifact gives on data like the training data. Training also
         moves the running std of the logits (``rate_stats[1]``, the controller's step size) by
-        ``1 - rate_momentum``."""
-        if self.training:
+        ``1 - rate_momentum`` (unless ``update`` is False)."""
+        if self.training and update:
             inner = valid & ~row_ends(valid)
             if int(inner.sum()) > 1:
                 with torch.no_grad():
@@ -418,7 +420,7 @@ class GatedQuantizer(Quantizer):
         valid = mask if mask is not None else torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
         codes = self.inner.encode(z, mask=valid)  # (B, T), -1 on padding
         z_q = self.inner.decode(codes.clamp_min(0)) * valid[..., None]  # (B, T, D)
-        gates = self.gates_for(z_q, valid)
+        gates = self.gates_for(z_q, valid, update=False)
         return Segmentation(self.hard_boundaries(gates, valid), codes, z_q, gates)
 
     @torch.no_grad()
