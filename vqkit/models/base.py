@@ -180,14 +180,16 @@ class TokenizerModel(nn.Module, ModelHubMixin):
         vector of the token covering each position plus the embedding of the position inside it."""
         if self.token_offsets is None:
             return q.z_q
-        held, weights = self.quantizer.hold_tokens(q)
-        return held + weights.to(held.dtype) @ self.token_offsets.weight.to(held.dtype)
+        return self._with_offsets(*self.quantizer.hold_tokens(q))
 
     def tokens_of_ids(self, ids: Tensor) -> Tensor:
         """(B, N, D) decoder tokens of ids (B, N) (residual: (B, N, s)); variable-length tokens: -1 inside each."""
         if self.token_offsets is None:
             return self.quantizer.decode(ids)
-        held, weights = self.quantizer.expand(ids)
+        return self._with_offsets(*self.quantizer.expand(ids))
+
+    def _with_offsets(self, held: Tensor, weights: Tensor) -> Tensor:
+        """Held token vectors (B, N, D) plus the position-in-token embedding their weights (B, N, L) select."""
         return held + weights.to(held.dtype) @ self.token_offsets.weight.to(held.dtype)
 
     @torch.no_grad()
