@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import re
 
+import math
+
 import pytest
 import torch
 
@@ -344,6 +346,9 @@ def test_batch_usage_metrics_values():
     skewed = batch_usage_metrics(torch.tensor([3.0, 1.0]))
     assert skewed["perplexity"].item() == pytest.approx(float(torch.exp(-(0.75 * torch.log(torch.tensor(0.75))
                                                                            + 0.25 * torch.log(torch.tensor(0.25))))))
+    fractional = batch_usage_metrics(torch.tensor([0.5, 0.25, 0.25, 0.0]))  # soft counts below 1
+    assert fractional["perplexity"].item() == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25))))
+    assert fractional["used_codes"].item() == 3
     empty = batch_usage_metrics(torch.zeros(8))
     assert empty["perplexity"].item() == pytest.approx(1.0) and empty["used_codes"].item() == 0
 

@@ -102,6 +102,26 @@ def test_no_auxiliary_loss():
                                    "projection.project_out.weight", "projection.project_out.bias"}
 
 
+def test_batch_metrics_off_changes_nothing_but_the_metrics():
+    z = latents(2, 50, 8)
+    full = build_quantizer("fsq", dim=8, levels=[8, 5, 5, 5])
+    lean = build_quantizer("fsq", dim=8, levels=[8, 5, 5, 5], batch_metrics=False)
+    lean.load_state_dict(full.state_dict())
+    a, b = full(z), lean(z)
+    assert torch.equal(a.z_q, b.z_q) and torch.equal(a.indices, b.indices)
+    assert set(a.metrics) == {"perplexity", "used_codes"} and b.metrics == {}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("dim", [4, 8])  # 4: no projection (the latents are the codes), 8: checked after project_in
+def test_non_finite_latents_raise_naming_their_shape(bad, dim):
+    q = build_quantizer("fsq", dim=dim, levels=[8, 5, 5, 5])
+    z = latents(2, 5, dim)
+    z[1, 3, 0] = bad
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf latents \(2, 5, %d\)" % dim):
+        q(z)
+
+
 def test_codebook_size_alone_takes_the_recommended_levels():
     for size, levels in RECOMMENDED_LEVELS.items():
         q = build_quantizer("fsq", dim=4, codebook_size=size)

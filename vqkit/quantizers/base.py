@@ -45,10 +45,11 @@ def batch_usage_metrics(counts: Tensor) -> dict[str, Tensor]:
         ``perplexity``: exp of the entropy of the batch's code distribution (1 .. K; 1 for an empty batch),
         ``used_codes``: number of codes with a nonzero count.
     """
+    counts = counts.detach()
     total = counts.sum().clamp_min(1.0)
-    p = counts / total  # (K,)
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return {"perplexity": entropy.exp().detach(), "used_codes": (counts > 0).sum().float()}
+    # H = -sum p log p with p = c / total, as log(total) - sum c log c / total: three passes over K, not six
+    entropy = total.log() - (counts * counts.clamp_min(1e-30).log()).sum() / total
+    return {"perplexity": entropy.exp(), "used_codes": torch.count_nonzero(counts).float()}
 
 
 class Quantizer(nn.Module, ABC):
@@ -96,9 +97,11 @@ class Quantizer(nn.Module, ABC):
     def codebook(self) -> Tensor:
         """(K, D_code) the codebook the search runs against, after any projector."""
 
-    def check_finite_input(self, z: Tensor) -> None:
+    def check_finite_input(self, z: Tensor, shape: torch.Size | None = None) -> None:
         """Raise if ``z`` holds NaN/Inf (backends call it when their ``check_finite`` option is on).
 
+        ``shape``: the latents' shape to name in the error when ``z`` is derived from them (e.g. their projection
+        to a narrow code space, which is non-finite wherever they are and far cheaper to check).
         Under ``torch.compile`` the check is an asynchronous assertion inside the graph (a Python branch on a
         tensor's value would break it); eager runs raise the error below.
         """
@@ -106,8 +109,9 @@ class Quantizer(nn.Module, ABC):
             torch._assert_async(torch.isfinite(z).all(), "quantizer received NaN/Inf latents")
             return
         if not torch.isfinite(z).all():
+            named = tuple(z.shape if shape is None else shape)
             raise FloatingPointError(
-                f"{type(self).__name__} received NaN/Inf latents {tuple(z.shape)}: the encoder diverged "
+                f"{type(self).__name__} received NaN/Inf latents {named}: the encoder diverged "
                 "or the input holds NaNs. Check the data, lower the learning rate or enable gradient clipping."
             )
 

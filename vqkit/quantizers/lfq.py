@@ -139,10 +139,11 @@ class LookupFreeQuantizer(Quantizer):
             ``metrics`` the batch usage of the ids.
         """
         self.check_input(z, mask)
-        if self.check_finite:
-            self.check_finite_input(z)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            u = self.to_sphere(self.projection.to_code(valid_rows(z, mask)))  # (M, d) fp32
+            u = self.projection.to_code(valid_rows(z, mask))  # (M, d) fp32
+            if self.check_finite:  # in code space: a NaN/Inf in a row makes its whole projection non-finite
+                self.check_finite_input(u, shape=z.shape)
+            u = self.to_sphere(u)
             positive = u > 0  # (M, d) the bits
             signs = torch.where(positive, 1.0, -1.0)
             # straight-through to the signs; BSQ scales both value and gradient by 1/sqrt(d) as bsq-vit does
