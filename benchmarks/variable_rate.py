@@ -7,7 +7,9 @@ and steps; 8 kHz, 200 frames/s) with only the quantizer changed:
   model): log2(K) bits x 200 frames/s, K = 16 / 64 / 256 / 1,024 -> 0.8 / 1.2 / 1.6 / 2.0 kbps;
 - ``gq``: the gated quantizer over one EMA-VQ codebook of 1,024 codes, tokens of at most 8 frames, held at a
   target rate r tokens per frame by its rate controller (``quantizer.target_rate``): 13 bits a token (code
-  and length), r = 0.25 / 0.375 / 0.5 / 0.75 -> 0.65 / 0.975 / 1.3 / 1.95 kbps at the target.
+  and length), r = 0.25 / 0.375 / 0.5 / 0.75 -> 0.65 / 0.975 / 1.3 / 1.95 kbps at the target;
+- ``gq_budget``: the same with ``quantizer.rate_control=budget``: every clip gets round(r x frames) tokens where
+  the gate's logits are highest (cells ``gqb_<r>``).
 
 Each cell is trained in its own capped subprocess, exported as a tokenizer artifact and evaluated through it on
 the test split of the embedded speech (or ``--root``, any audio folder): clips of ``--segment`` s, SI-SNR (dB) and
@@ -61,6 +63,8 @@ def cells() -> dict[str, dict[str, Any]]:
         grid[f"gq_{r:g}"] = {"method": "gq", "overrides": [
             "recipe=audio_gq_speech_cpu", f"quantizer.codebook_size={GQ_CODES}",
             f"quantizer.max_token_len={GQ_MAX_LEN}", f"quantizer.target_rate={r:g}"], "target_rate": r}
+        grid[f"gqb_{r:g}"] = {"method": "gq_budget", "overrides": [
+            *grid[f"gq_{r:g}"]["overrides"], "quantizer.rate_control=budget"], "target_rate": r}
     return grid
 
 
@@ -195,12 +199,12 @@ def plot_quality(rows: list[dict[str, Any]], path: Path) -> None:
     from PIL import Image, ImageDraw
 
     ok = [r for r in rows if r["status"] == "ok"]
-    colours = {"fixed": "#1f77b4", "gq": "#d62728"}
+    colours = {"fixed": "#1f77b4", "gq": "#d62728", "gq_budget": "#2ca02c"}
     width, height, margin = 1200, 480, 60
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     draw.text((margin, 10), "held-out speech: quality vs realised bitrate (blue: fixed-rate EMA-VQ, red: gq at "
-              "target rates)", fill="black")
+              "target rates, threshold control; green: gq, per-clip budget)", fill="black")
     if not ok:
         _save_png(img, path)
         return

@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 
+from vqkit.quantizers import gq
 from vqkit.quantizers.gq import GatedQuantizer, hard_hold_weights, hold_weights, next_boundary
 
 
@@ -29,8 +30,8 @@ def brute_force_hold_weights(gates: torch.Tensor, max_token_len: int) -> torch.T
 
 def quantizer(**options) -> GatedQuantizer:
     torch.manual_seed(0)
-    return GatedQuantizer(8, 16, inner_options={"kmeans_init": False}, max_token_len=4, width=16, depth=1,
-                          num_heads=2, **options)
+    return GatedQuantizer(8, 16, **{"inner_options": {"kmeans_init": False}, "max_token_len": 4, "width": 16,
+                                    "depth": 1, "num_heads": 2, **options})
 
 
 def test_soft_weights_match_the_product_formula() -> None:
@@ -163,3 +164,51 @@ def test_rate_control_finds_the_threshold_of_a_target_rate(target: float) -> Non
 def test_rate_control_refuses_targets_it_cannot_reach(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         quantizer(**options)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_budget_gives_every_sequence_its_share_of_tokens(target: float) -> None:
+    # No training at all: each row (of its own length) gets round(target x length) tokens at once, in training
+    # and eval alike, where the gate's logits are highest (max_token_len 40: no forced cuts in these rows).
+    q = quantizer(target_rate=target, rate_control="budget", max_token_len=40)
+    z = torch.randn(6, 40, 8)
+    mask = torch.ones(6, 40, dtype=torch.bool)
+    for row, length in enumerate([40, 33, 25, 17, 9, 2]):
+        mask[row, length:] = False
+    inner = mask & ~gq.row_ends(mask)
+    expected = torch.round(mask.sum(1).float() * target).long().clamp_min(1)
+    for training in (True, False):
+        out = q.train(training)(z, mask)
+        assert torch.equal(out.mask.sum(1), expected)
+        chosen = out.mask & inner
+        assert torch.equal(chosen, (out.gates > 0.5) & inner)  # the soft gates agree with the hard choice
+        logits = q.gate.logits(out.z_q, mask).detach()
+        for row in range(6):
+            picked, left = logits[row][chosen[row]], logits[row][inner[row] & ~chosen[row]]
+            if len(picked) and len(left):
+                assert picked.min() >= left.max()  # the budget goes to the highest logits
+    assert "rate_stats" not in dict(q.named_buffers())  # no state: nothing to learn or resume
+    q.eval()
+    assert torch.equal(q.encode(z, mask) >= 0, q(z, mask).mask)  # the artifact's tokens are the forward's
+
+
+def test_budget_takes_forced_cuts_out_of_the_budget() -> None:
+    # max_token_len 4 at 0.3 tokens per position: runs longer than 4 are cut, and those cuts are paid from the
+    # budget, so that the rate stays within 5% of the target.
+    q = quantizer(target_rate=0.3, rate_control="budget")
+    out = q(torch.randn(4, 200, 8))
+    assert float(out.metrics["tokens_per_position"]) == pytest.approx(0.3, rel=0.05)
+    assert int(gq.segment_lengths(out.mask)[out.mask].max()) <= 4
+
+
+def test_budget_soft_gates_train_the_gate() -> None:
+    q = quantizer(target_rate=0.5, rate_control="budget").train()
+    out = q(torch.randn(2, 16, 8))
+    out.gates.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in q.gate.parameters())
+    assert any(float(p.grad.abs().sum()) > 0 for p in q.gate.parameters())
+
+
+def test_unknown_rate_control_is_refused() -> None:
+    with pytest.raises(ValueError, match="rate_control must be one of"):
+        quantizer(target_rate=0.5, rate_control="quantile")

@@ -42,7 +42,8 @@ gradient) and hard (one-hot at the next boundary) in eval; ``expand`` does the h
 their training module instead, ``module.losses.compression``). ``target_rate`` (tokens per latent position)
 subtracts from the gate's logits a threshold tau, the same in training and eval, that every training step moves
 towards the rate (stochastic approximation of the quantile that meets it; ``rate_logits``,
-``update_rate_threshold``); ``metrics["tokens_per_position"]`` is the realised rate.
+``update_rate_threshold``), or with ``rate_control="budget"`` gives each sequence round(target x length) tokens
+where its gate logits are highest (``budget_boundaries``); ``metrics["tokens_per_position"]`` is the realised rate.
 
 Contract exception: ``decode(encode(z))`` is the code of each TOKEN, so it equals ``forward(z).z_q`` at
 the token positions (``out.mask``) in eval mode, not at the positions inside a token (whose ids are -1).
@@ -66,6 +67,8 @@ from vqkit.quantizers.registry import build_inner_quantizer, register_quantizer,
 
 SEGMENTATION_MODES = ("learned", "fixed")
 EXPANSION_MODES = ("soft", "straight_through")
+RATE_CONTROLS = ("threshold", "budget")
+BUDGET_PASSES = 4  # choices of a budget's boundaries, each one taking the cuts the last forced out of the budget
 
 
 class SameConv1d(nn.Conv1d):
@@ -185,6 +188,55 @@ def hold(z_q: Tensor, weights: Tensor) -> Tensor:
     return torch.einsum("btdl,btl->btd", ahead, weights.to(z_q.dtype))
 
 
+def budget_counts(valid: Tensor, rate: float) -> tuple[Tensor, Tensor]:
+    """(B,) boundaries to place among each row's inner positions under a budget of ``rate`` tokens per valid
+    position (the row end is one of them), and (B, T) bool those inner positions (valid, not a row end)."""
+    inner = valid & ~row_ends(valid)
+    wanted = torch.round(valid.sum(1).float() * rate).long() - (valid.sum(1) > 0).long()  # minus the row end
+    return torch.minimum(wanted.clamp_min(0), inner.sum(1)), inner
+
+
+def budget_boundaries(scores: Tensor, inner: Tensor, count: Tensor) -> Tensor:
+    """(B, T) bool: in each row the ``count`` inner positions of highest score (ties: the earliest)."""
+    masked = torch.where(inner, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices  # (B, T)
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    return inner & (rank < count[:, None])
+
+
+def budget_threshold(logits: Tensor, inner: Tensor, count: Tensor) -> Tensor:
+    """(B, 1) per-row threshold between the count-th and (count+1)-th largest inner logit, so that
+    sigmoid(logit - threshold) > 0.5 exactly at the positions ``budget_boundaries`` picks (up to ties)."""
+    n_inner = inner.sum(1)
+    masked = torch.where(inner, logits.detach().float(), torch.full_like(logits, float("-inf"), dtype=torch.float32))
+    ordered = torch.sort(masked, dim=1, descending=True).values  # (B, T)
+    last = (n_inner - 1).clamp_min(0)
+    above = ordered.gather(1, torch.minimum((count - 1).clamp_min(0), last)[:, None])[:, 0]  # count-th largest
+    below = ordered.gather(1, torch.minimum(count, last)[:, None])[:, 0]  # (count+1)-th largest
+    tau = torch.where(count == 0, above + 1.0, torch.where(count == n_inner, below - 1.0, (above + below) / 2))
+    return torch.where(n_inner > 0, tau, torch.zeros_like(tau))[:, None]
+
+
+def budget_plan(scores: Tensor, valid: Tensor, rate: float, max_token_len: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The tokens of a ``rate`` budget per row: (boundaries (B, T) bool incl. row ends and ``max_token_len`` cuts,
+    count (B,) gate-chosen boundaries, inner (B, T)). The cuts a choice forces (runs longer than max_token_len)
+    are taken out of the budget (up to ``BUDGET_PASSES`` choices), so that a row's total lands at
+    round(rate x length) or just above it (a rate near 1 / max_token_len needs evenly spaced tokens)."""
+    count, inner = budget_counts(valid, rate)
+    ends = row_ends(valid)
+    target = count + ends.sum(1)
+    chosen = count
+    boundaries = enforce_max_length(budget_boundaries(scores, inner, chosen) | ends, valid, max_token_len)
+    for _ in range(BUDGET_PASSES - 1):
+        extra = boundaries.sum(1) - target
+        if not bool((extra > 0).any()):
+            break
+        chosen = (chosen - extra.clamp_min(0)).clamp_min(0)
+        boundaries = enforce_max_length(budget_boundaries(scores, inner, chosen) | ends, valid, max_token_len)
+    return boundaries, chosen, inner
+
+
 def fixed_gates(valid: Tensor, fixed_length: int) -> Tensor:
     """(B, T) float gates of the fixed baseline: 1 at every ``fixed_length``-th position, 0 elsewhere and on padding."""
     t = torch.arange(valid.shape[1], device=valid.device)
@@ -240,10 +292,15 @@ class GatedQuantizer(Quantizer):
         expansion: ``hold`` in training: ``soft`` (the gates' probabilities) or ``straight_through`` (hard
             forward, soft gradient).
         target_rate: tokens per latent position to reach (in [1 / max_token_len, 1]); None: no rate control
-            (the gate decides at g > 0.5). Set, a threshold on the gate's logits follows the rate
-            (``update_rate_threshold``).
-        rate_lr: the threshold's step, in running stds of the logits per unit of relative rate error.
-        rate_momentum: weight of the running std's past in its update after each training batch.
+            (the gate decides at g > 0.5).
+        rate_control: how ``target_rate`` is held. ``threshold``: one threshold on the gate's logits for all
+            data, moved every training step towards the rate (``update_rate_threshold``; the rate of new data
+            follows how its gate logits compare with the training data's). ``budget``: every sequence gets
+            round(target_rate x its length) tokens, placed where its gate logits are highest (a per-sequence
+            threshold between the k-th and (k+1)-th logit, the same in training and eval), so the rate of each
+            clip is the target up to rounding and the ``max_token_len`` cuts; the gate decides where, not how many.
+        rate_lr: the threshold's step, in running stds of the logits per unit of relative rate error (threshold).
+        rate_momentum: weight of the running std's past in its update after each training batch (threshold).
 
     Raises:
         ValueError: an unknown segmentation or expansion, a multi-stage or gated inner backend, options that clash.
@@ -268,6 +325,7 @@ class GatedQuantizer(Quantizer):
         compression_weight: float = 0.0,
         expansion: str = "soft",
         target_rate: float | None = None,
+        rate_control: str = "threshold",
         rate_lr: float = 0.05,
         rate_momentum: float = 0.9,
     ) -> None:
@@ -276,6 +334,8 @@ class GatedQuantizer(Quantizer):
             raise ValueError(f"segmentation must be one of {SEGMENTATION_MODES}, got {segmentation!r}")
         if expansion not in EXPANSION_MODES:
             raise ValueError(f"expansion must be one of {EXPANSION_MODES}, got {expansion!r}")
+        if rate_control not in RATE_CONTROLS:
+            raise ValueError(f"rate_control must be one of {RATE_CONTROLS}, got {rate_control!r}")
         if compression_weight < 0:
             raise ValueError(f"compression_weight must be >= 0, got {compression_weight}")
         if max_token_len < 1:
@@ -302,9 +362,10 @@ class GatedQuantizer(Quantizer):
         self.compression_weight = float(compression_weight)
         self.expansion = expansion
         self.target_rate = None if target_rate is None else float(target_rate)
+        self.rate_control = rate_control
         self.rate_lr = float(rate_lr)
         self.rate_momentum = float(rate_momentum)
-        if self.target_rate is not None:
+        if self.target_rate is not None and rate_control == "threshold":
             # The controller's threshold tau on the gate's logits and the running std of the logits
             # (``update_rate_threshold``): saved with the weights, so that a resumed run and an artifact use them.
             self.register_buffer("rate_stats", torch.tensor([0.0, 1.0]))  # tau, running std of the logits
@@ -336,6 +397,10 @@ class GatedQuantizer(Quantizer):
             g = fixed_gates(valid, self.fixed_length)
         elif self.target_rate is None:
             g = self.gate(z_q.to(self.gate.inp.weight.dtype), valid)
+        elif self.rate_control == "budget":
+            logits = self.gate.logits(z_q.to(self.gate.inp.weight.dtype), valid)
+            _, count, inner = budget_plan(logits.detach(), valid, self.target_rate, self.max_token_len)
+            g = torch.sigmoid(logits - budget_threshold(logits, inner, count).to(logits.dtype))
         else:
             logits = self.gate.logits(z_q.to(self.gate.inp.weight.dtype), valid)
             g = torch.sigmoid(self.rate_logits(logits, valid, update))
@@ -343,7 +408,10 @@ class GatedQuantizer(Quantizer):
         return g * valid
 
     def hard_boundaries(self, gates: Tensor, valid: Tensor) -> Tensor:
-        """(B, T) bool token positions: g > 0.5, row ends, and cuts at ``max_token_len``."""
+        """(B, T) bool token positions: g > 0.5 (under a ``budget``: each row's highest gates), row ends, and cuts at
+        ``max_token_len``."""
+        if self.target_rate is not None and self.rate_control == "budget" and self.gate is not None:
+            return budget_plan(gates, valid, self.target_rate, self.max_token_len)[0]
         return enforce_max_length((gates > 0.5) | row_ends(valid), valid, self.max_token_len)
 
     # --- the contract ---------------------------------------------------------------------------
@@ -364,7 +432,7 @@ class GatedQuantizer(Quantizer):
         loss = q.loss
         if self.compression_weight and self.gate is not None:
             loss = loss + self.compression_weight * compression
-        if self.target_rate is not None:
+        if self.target_rate is not None and self.rate_control == "threshold":
             if self.training:
                 self.update_rate_threshold(boundaries, valid)
             metrics["rate_threshold"] = self.rate_stats[0].detach().clone()
@@ -486,4 +554,5 @@ class GatedQuantizer(Quantizer):
         return (f"inner={self.inner_name}, segmentation={self.segmentation}, max_token_len={self.max_token_len}"
                 + (f", fixed_length={self.fixed_length}" if self.gate is None else "")
                 + (f", compression_weight={self.compression_weight:g}" if self.compression_weight else "")
-                + (f", target_rate={self.target_rate:g}" if self.target_rate is not None else ""))
+                + (f", target_rate={self.target_rate:g}, rate_control={self.rate_control}"
+                   if self.target_rate is not None else ""))
