@@ -9,7 +9,9 @@ and steps; 8 kHz, 200 frames/s) with only the quantizer changed:
   target rate r tokens per frame by its rate controller (``quantizer.target_rate``): 13 bits a token (code
   and length), r = 0.25 / 0.375 / 0.5 / 0.75 -> 0.65 / 0.975 / 1.3 / 1.95 kbps at the target;
 - ``gq_budget``: the same with ``quantizer.rate_control=budget``: every clip gets round(r x frames) tokens where
-  the gate's logits are highest (cells ``gqb_<r>``).
+  the gate's logits are highest, and ``quantizer.expansion=straight_through`` (the hard hold in the forward of
+  training too; with the soft hold the per-clip threshold leaves many gates near 0.5 and the decoder trains on
+  expansions that eval never gives) (cells ``gqb_<r>``).
 
 Each cell is trained in its own capped subprocess, exported as a tokenizer artifact and evaluated through it on
 the test split of the embedded speech (or ``--root``, any audio folder): clips of ``--segment`` s, SI-SNR (dB) and
@@ -64,7 +66,8 @@ def cells() -> dict[str, dict[str, Any]]:
             "recipe=audio_gq_speech_cpu", f"quantizer.codebook_size={GQ_CODES}",
             f"quantizer.max_token_len={GQ_MAX_LEN}", f"quantizer.target_rate={r:g}"], "target_rate": r}
         grid[f"gqb_{r:g}"] = {"method": "gq_budget", "overrides": [
-            *grid[f"gq_{r:g}"]["overrides"], "quantizer.rate_control=budget"], "target_rate": r}
+            *grid[f"gq_{r:g}"]["overrides"], "quantizer.rate_control=budget", "quantizer.expansion=straight_through"],
+            "target_rate": r}
     return grid
 
 
