@@ -18,7 +18,8 @@ same codebook (K, D) for every implementation):
 * the same for the quantizers users pick instead, each against vector-quantize-pytorch's
   own: vqkit ``fsq`` vs ``FSQ`` at the levels of ``--fsq-levels`` (K = 1,000 / 15,360 /
   64,000 / 262,144; ``vqkit.fsq_lean`` is the same with ``batch_metrics=False``, the reference's work: vqkit's
-  default also counts the batch's usage over all K codes, which vqp's FSQ does not), vqkit ``lfq`` vs ``LFQ`` at ``--lfq-ks`` (2^10, 2^14, 2^18), and vqkit
+  default also counts the batch's usage over all K codes, which vqp's FSQ does not), vqkit ``lfq`` vs ``LFQ``
+  at ``--lfq-ks`` (2^10, 2^14, 2^18), and vqkit
   ``vq`` with ``estimator="rotation"`` vs ``VectorQuantize(rotation_trick=True)`` at ``--ks``.
   Each side keeps its library's defaults otherwise (vqkit's in ``VQKIT_OPTIONS``, vqp's in
   ``REFERENCE_OPTIONS``); a vqkit backend or option that is not there yet gets status

@@ -11,9 +11,8 @@ every position's id, it reads ``codes`` for them; ``decode(encode(z))`` equals `
 from __future__ import annotations
 
 import copy
-import re
-
 import math
+import re
 
 import pytest
 import torch

@@ -118,7 +118,7 @@ def test_non_finite_latents_raise_naming_their_shape(bad, dim):
     q = build_quantizer("fsq", dim=dim, levels=[8, 5, 5, 5])
     z = latents(2, 5, dim)
     z[1, 3, 0] = bad
-    with pytest.raises(FloatingPointError, match=r"NaN/Inf latents \(2, 5, %d\)" % dim):
+    with pytest.raises(FloatingPointError, match=rf"NaN/Inf latents \(2, 5, {dim}\)"):
         q(z)
 
 
