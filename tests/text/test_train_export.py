@@ -115,7 +115,7 @@ def test_checkpoints_of_vqkit_0_1_export_the_same_tokenizer(make_text_config, tm
     expected = {**current.config["model"]["quantizer"], "inner_options": {"kmeans_init": True}}
     # options added after 0.1 are left at their defaults (text: no compression weight in the quantizer, soft expansion)
     assert current.config["model"]["quantizer"]["compression_weight"] == 0.0
-    later = ("kernel", "compression_weight", "expansion", "target_rate", "rate_lr", "rate_momentum")
+    later = ("kernel", "compression_weight", "expansion", "target_rate", "rate_control", "rate_lr", "rate_momentum")
     assert converted.config["model"]["quantizer"] == {k: v for k, v in expected.items() if k not in later}
     text = "Shall I compare thee to a summer's day?"
     assert converted.set_mode("model").encode(text) == current.set_mode("model").encode(text)
