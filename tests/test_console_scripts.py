@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = {"vqkit-train", "vqkit-eval", "vqkit-export", "vqkit-codebook", "vqkit-audio", "vqkit-assets"}
+EXPECTED = {
+    "vqkit-train", "vqkit-eval", "vqkit-export", "vqkit-tokenize", "vqkit-codebook", "vqkit-audio", "vqkit-assets",
+}
 TOOLS = ("codebook", "audio", "assets")
 
 

@@ -50,7 +50,7 @@ def all_but(*modules: str, banned: Iterable[str] = ()) -> Rule:
 
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra")  # training frameworks: never in the inference path
 LOW = ("files", "layers", "quantizers", "modalities", "models")
-CLIS = ("train", "eval", "export", "tools.codebook", "tools.audio")  # command-line entry points: the top
+CLIS = ("train", "eval", "export", "tokenize", "tools.codebook", "tools.audio")  # command-line entry points: the top
 
 # The layers, lowest first. Keys are modules relative to vqkit/ and cover their submodules; the longest
 # matching key applies. A package's own __init__.py is "<package>.__init__" (vqkit/__init__.py is "__init__";
@@ -78,6 +78,7 @@ RULES: dict[str, Rule] = {
     "resume":           all_but(*CLIS),  # resume=RUN: recomposes the run (config), reads its checkpoint
     "export":           all_but("train", "eval", "tools.codebook", "tools.audio"),
     "eval":             all_but("train", "tools.codebook", "tools.audio"),
+    "tokenize":         all_but("train", "eval", "export", "tools.codebook", "tools.audio"),
     "tools":            all_but("train", "eval"),  # tools.codebook (reads checkpoints via export), tools.audio
     "train":            all_but(),
 }

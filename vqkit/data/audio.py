@@ -41,6 +41,7 @@ import fnmatch
 import hashlib
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,13 @@ class AudioSplit(Dataset):
     def corrupt_files(self) -> list[str]:
         """Paths of the files that failed to decode so far, in any process."""
         return [self.files[i].path for i in self.corrupt.nonzero().flatten().tolist()]
+
+    def item_path(self, index: int) -> str:
+        """Evaluation items: ``<file relative to the root>#<first sample at sample_rate>``."""
+        if self.train:
+            raise ValueError("training items are random crops: they have no fixed place in a file")
+        file, start = self.items[index]
+        return f"{self.files[file].relative}#{start}"
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if self.train:
@@ -389,6 +397,15 @@ class AudioFolderDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def tokenize_dataset(self, split: str) -> AudioSplit:
+        """The items ``vqkit.tokenize`` encodes: every file of the split cut into consecutive segments (all of
+        them, for training files too: no random crops, no ``max_eval_segments`` cap)."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        self.setup()
+        files = self.splits[split].files
+        return AudioSplit(files, self.sample_rate, self.segment, False, 0, sys.maxsize, self.max_corrupt, split)
 
 
 class EmbeddedSpeechDataModule(AudioFolderDataModule):

@@ -91,6 +91,10 @@ class ImageFolderSplit(Dataset):
         """Paths of the files found unreadable so far, in any process."""
         return [self.samples[i][0] for i in self.corrupt.nonzero().flatten().tolist()]
 
+    def item_path(self, index: int) -> str:
+        """The file of item ``index``, relative to the split folder."""
+        return Path(self.samples[index][0]).relative_to(self.split_dir).as_posix()
+
     def __getitem__(self, index: int) -> dict[str, Tensor | int]:
         n = len(self.samples)
         for offset in range(n):
@@ -248,6 +252,16 @@ class ImageFolderDataModule(L.LightningDataModule):
         if self._test is None:
             self.setup("test")
         return self._loader(self._test, train=False)
+
+    def tokenize_dataset(self, split: str) -> ImageFolderSplit:
+        """The items ``vqkit.tokenize`` encodes: every image of the split, center-cropped (training files too: no
+        random crops, so a resumed run encodes the same pixels; ``augment=tencrop`` adds crops and flips)."""
+        folders = {"train": self.train_split, "val": self.val_split, "test": self.test_split or self.val_split}
+        if split not in folders:
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        if not self.classes:
+            self.setup("validate")
+        return self._split(folders[split], eval_transform(self.image_size))
 
 
 def _class_folders(split_dir: Path) -> list[str]:

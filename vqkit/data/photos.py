@@ -303,6 +303,16 @@ class EmbeddedPhotosDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    def tokenize_dataset(self, split: str) -> Dataset:
+        """The items ``vqkit.tokenize`` encodes: ``train`` the first epoch's crops (keys 0..train_samples-1, the
+        same every time), ``val`` / ``test`` the fixed validation crops."""
+        self.setup()
+        if split == "train":
+            return self._train
+        if split in ("val", "test"):
+            return self._val
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+
 
 def _photo_path(data_dir: Path, name: str) -> Path:
     path = data_dir / name

@@ -49,3 +49,23 @@ def eval_transform(image_size: int) -> v2.Compose:
             v2.ToPureTensor(),
         ]
     )
+
+
+AUGMENT_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}
+
+
+def tokenize_views(images: torch.Tensor, augment: str) -> torch.Tensor:
+    """Views of a batch (B, 3, S, S) for pre-tokenization -> (B, V, 3, S, S) (``none``: V = 1).
+
+    ``flip``: the image and its mirror. ``tencrop`` (as LlamaGen's code extraction): the image is enlarged by 1.1,
+    then its four corner crops and the center crop of side S, and the mirrors of those five.
+    """
+    if augment not in AUGMENT_VIEWS:
+        raise ValueError(f"augment must be one of {sorted(AUGMENT_VIEWS)}, got {augment!r}")
+    if augment == "none":
+        return images[:, None]
+    if augment == "flip":
+        return torch.stack([images, images.flip(-1)], 1)
+    size = tuple(images.shape[-2:])
+    big = v2.functional.resize(images, [round(s * 1.1) for s in size], antialias=True)
+    return torch.stack(list(v2.functional.ten_crop(big, list(size))), 1).clamp(0, 1)
