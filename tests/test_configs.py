@@ -16,8 +16,9 @@ from vqkit import list_quantizers
 from vqkit.config import CONF_DIR
 from vqkit.lit import TokenizerModule
 from vqkit.lit.run_config import module_from_config
+from vqkit.lit.trainer_setup import instantiate_collection
 from vqkit.models import TokenizerModel
-from vqkit.train import instantiate_collection, train
+from vqkit.train import train
 
 # Groups whose options are chosen on the CLI (hydra/ and paths/ have a single internal option).
 GROUPS = [

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
-    "vqkit-train", "vqkit-eval", "vqkit-export", "vqkit-tokenize", "vqkit-codebook", "vqkit-audio", "vqkit-assets",
+    "vqkit-train", "vqkit-train-prior", "vqkit-eval", "vqkit-export", "vqkit-tokenize", "vqkit-codebook",
+    "vqkit-audio", "vqkit-assets",
 }
 TOOLS = ("codebook", "audio", "assets")
 
@@ -62,7 +63,7 @@ def test_tool_runs_as_a_module(tool: str) -> None:
     assert proc.stdout.startswith(f"usage: python -m vqkit.tools.{tool}"), proc.stdout[:200]
 
 
-@pytest.mark.parametrize("name", ["vqkit-train", "vqkit-eval", "vqkit-export"])
+@pytest.mark.parametrize("name", ["vqkit-train", "vqkit-train-prior", "vqkit-eval", "vqkit-export"])
 def test_hydra_app_finds_its_config_when_run_as_a_console_script(name: str, tmp_path: Path) -> None:
     """A console script runs a wrapper as __main__, from any folder: the app must still find conf/."""
     module, function = console_scripts()[name].split(":")

@@ -50,7 +50,8 @@ def all_but(*modules: str, banned: Iterable[str] = ()) -> Rule:
 
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra")  # training frameworks: never in the inference path
 LOW = ("files", "layers", "quantizers", "modalities", "models")
-CLIS = ("train", "eval", "export", "tokenize", "tools.codebook", "tools.audio")  # command-line entry points: the top
+# command-line entry points: the top
+CLIS = ("train", "train_prior", "eval", "export", "tokenize", "tools.codebook", "tools.audio")
 
 # The layers, lowest first. Keys are modules relative to vqkit/ and cover their submodules; the longest
 # matching key applies. A package's own __init__.py is "<package>.__init__" (vqkit/__init__.py is "__init__";
@@ -68,6 +69,7 @@ RULES: dict[str, Rule] = {
     "losses":           only(*LOW, "losses", "tools.assets",                   banned=FRAMEWORKS),
     "metrics":          only(*LOW, "losses", "metrics", "tools.assets",        banned=FRAMEWORKS),
     "tokenizers":       only(*LOW, "tokenizers", "__version__",                banned=FRAMEWORKS),
+    "prior":            only(*LOW, "prior",                                    banned=FRAMEWORKS),  # generative priors
     "__init__":         only("quantizers", "tokenizers", *LOW,                 banned=FRAMEWORKS),
     "third_party_noise": only(banned=FRAMEWORKS),  # warning / log filters for other libraries' messages
     "data":             all_but("lit", "callbacks", "config", *CLIS),
@@ -81,6 +83,7 @@ RULES: dict[str, Rule] = {
     "tokenize":         all_but("train", "eval", "export", "tools.codebook", "tools.audio"),
     "tools":            all_but("train", "eval"),  # tools.codebook (reads checkpoints via export), tools.audio
     "train":            all_but(),
+    "train_prior":      all_but("train", "eval", "export", "tokenize", "tools.codebook", "tools.audio"),
 }
 
 # Imports allowed despite RULES: (file, function whose body may hold it, imported module).

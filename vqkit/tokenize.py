@@ -39,6 +39,7 @@ from vqkit.data.token_shards import (
     plan_digest,
     read_manifest,
     shard_name,
+    split_dataset,
     write_manifest,
 )
 from vqkit.lit.tokenize_module import TokenizeModule
@@ -49,19 +50,6 @@ from vqkit.tokenizers.artifact import load_tokenizer
 
 log = logging.getLogger("vqkit.tokenize")
 silence_third_party_noise()
-
-
-def split_dataset(datamodule: Any, split: str) -> Any:
-    """The items of ``split``: the data module's ``tokenize_dataset`` (no random crops), else its loader's dataset."""
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, got {split!r}")
-    if hasattr(datamodule, "tokenize_dataset"):
-        return datamodule.tokenize_dataset(split)
-    log.warning("%s has no tokenize_dataset(split): encoding the dataset of its %s loader as it is (random "
-                "augmentations included)", type(datamodule).__name__, split)
-    if hasattr(datamodule, "setup"):
-        datamodule.setup(None)
-    return getattr(datamodule, f"{split}_dataloader")().dataset
 
 
 def build_manifest(folder: Path, plan: ShardPlan, digest: str, settings: dict[str, Any], model: TokenizerModel,

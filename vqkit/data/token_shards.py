@@ -224,6 +224,19 @@ class TokenShards(Dataset):
         return {key: t[index] for key, t in self.tensors.items()}
 
 
+def split_dataset(datamodule: Any, split: str) -> Any:
+    """The items of ``split``: the data module's ``tokenize_dataset`` (no random crops), else its loader's dataset."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    if hasattr(datamodule, "tokenize_dataset"):
+        return datamodule.tokenize_dataset(split)
+    log.warning("%s has no tokenize_dataset(split): encoding the dataset of its %s loader as it is (random "
+                "augmentations included)", type(datamodule).__name__, split)
+    if hasattr(datamodule, "setup"):
+        datamodule.setup(None)
+    return getattr(datamodule, f"{split}_dataloader")().dataset
+
+
 class IndexedItems(Dataset):
     """A split's dataset with each item's index and shard added: ``{..., "index": i, "shard": s}``."""
 
