@@ -13,7 +13,7 @@ from tests.artifacts import SOFTVQ, TINY_MODEL
 from tests.test_tokenize import PHOTOS, artifact
 from vqkit.config import compose_train_config
 from vqkit.data.token_shards import FORMAT, FORMAT_VERSION, write_manifest, write_shard
-from vqkit.prior import ARPrior, load_prior
+from vqkit.prior import ARPrior, FlowPrior, load_prior
 from vqkit.tokenize import main as tokenize
 from vqkit.train_prior import generation_fid, train_prior
 
@@ -96,10 +96,38 @@ def test_train_prior_on_tokenized_photos_decodes_samples_and_resumes(tmp_path: P
     assert resumed["prior"] == str(run / "prior")
 
 
+def test_flow_prior_fits_two_clusters_and_samples_decode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    prior = FlowPrior(token_dim=2, seq_len=3, num_classes=2, dim=32, depth=2, num_heads=2)
+    centres = torch.tensor([[2.0, -1.0], [-3.0, 4.0]])
+    labels = torch.arange(256) % 2
+    data = centres[labels][:, None].expand(256, 3, 2) + 0.05 * torch.randn(256, 3, 2)
+    prior.set_normalization(data.reshape(-1, 2).mean(0), data.reshape(-1, 2).std(0))
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+    for _ in range(300):
+        optimizer.zero_grad()
+        prior.loss(data, labels).backward()
+        optimizer.step()
+    drawn = prior.eval().sample(8, torch.tensor([0, 1] * 4), steps=20, generator=torch.Generator().manual_seed(0))
+    assert drawn.shape == (8, 3, 2)
+    assert (drawn - centres[torch.tensor([0, 1] * 4)][:, None]).abs().mean() < 0.5  # each class at its centre
+
+    soft = artifact(tmp_path / "soft", {**TINY_MODEL, "quantizer": SOFTVQ})
+    assert tokenize([f"tokenizer={soft}", f"out={tmp_path / 'soft_tok'}", *PHOTOS]) == 0
+    run = tmp_path / "run"
+    result = train_prior(compose_train_config(
+        [f"tokens={tmp_path / 'soft_tok'}", "prior=flow", *TINY_PRIOR, "trainer.max_steps=4", "data.batch_size=8",
+         "sample.num=3", "sample.flow_steps=4"], run, config_name="train_prior"))
+    assert (run / "samples" / "grid.png").is_file() and result["metrics"]["sample/decode_items_per_s"] > 0
+    loaded, config = load_prior(result["prior"])
+    assert config["kind"] == "flow" and loaded.seq_len == 16 and loaded.token_dim == 4
+    assert not torch.equal(loaded.std, torch.ones(4))  # the training tokens' statistics travel with the weights
+
+
 def test_refusals_name_the_problem(tmp_path: Path) -> None:
     soft = artifact(tmp_path / "soft", {**TINY_MODEL, "quantizer": SOFTVQ})
     assert tokenize([f"tokenizer={soft}", f"out={tmp_path / 'soft_tok'}", *PHOTOS]) == 0
-    with pytest.raises(ValueError, match="continuous tokens"):
+    with pytest.raises(ValueError, match="continuous tokens of a soft quantizer; prior=ar models ids: use prior=flow"):
         train_prior(compose_train_config([f"tokens={tmp_path / 'soft_tok'}", *TINY_PRIOR], tmp_path / "r1",
                                          config_name="train_prior"))
     art, other = artifact(tmp_path / "art"), artifact(tmp_path / "other", {**TINY_MODEL, "normalization": {}})

@@ -37,7 +37,8 @@ register_resolvers()
 silence_third_party_noise()
 log = logging.getLogger("vqkit.train_prior")
 
-KINDS = {"vqkit.prior.ARPrior": "ar"}
+KINDS = {"vqkit.prior.ARPrior": "ar", "vqkit.prior.FlowPrior": "flow"}
+INPUTS = {"ar": "ids", "flow": "tokens"}
 
 
 def prior_options(cfg: DictConfig, datamodule: Any) -> tuple[str, dict[str, Any]]:
@@ -46,11 +47,17 @@ def prior_options(cfg: DictConfig, datamodule: Any) -> tuple[str, dict[str, Any]
     target = options.pop("_target_")
     if target not in KINDS:
         raise ValueError(f"prior._target_={target!r} is not a vqkit prior ({sorted(KINDS)})")
-    if datamodule.key != "ids":
-        raise ValueError(f"{cfg.tokens} holds continuous tokens of a soft quantizer; prior=ar models discrete ids: "
-                         "tokenize with a hard-quantizer tokenizer")
-    options.update(vocab_size=datamodule.vocab_size, seq_len=datamodule.seq_len, num_classes=datamodule.num_classes)
-    return KINDS[target], options
+    kind = KINDS[target]
+    if datamodule.key != INPUTS[kind]:
+        held = "continuous tokens of a soft quantizer" if datamodule.key == "tokens" else "discrete ids"
+        fits = "prior=flow" if datamodule.key == "tokens" else "prior=ar"
+        raise ValueError(f"{cfg.tokens} holds {held}; prior={kind} models {INPUTS[kind]}: use {fits}")
+    options.update(seq_len=datamodule.seq_len, num_classes=datamodule.num_classes)
+    if kind == "ar":
+        options["vocab_size"] = datamodule.vocab_size
+    else:
+        options["token_dim"] = datamodule.token_dim
+    return kind, options
 
 
 def sample_tokenizer(cfg: DictConfig, manifest: dict[str, Any]) -> Any | None:
@@ -90,12 +97,14 @@ def sample(cfg: DictConfig, prior: torch.nn.Module, manifest: dict[str, Any], ou
     classes = getattr(prior, "num_classes", 0)
     labels = torch.arange(s.num) % classes if classes else None
     prior.eval()
-    ids, seconds = draw(prior, s.num, labels, batch_size=s.batch_size, seed=s.seed, temperature=s.temperature,
-                        top_k=s.top_k, cfg_scale=s.cfg_scale)
+    options = ({"steps": s.flow_steps} if prior.input_key == "tokens"
+               else {"temperature": s.temperature, "top_k": s.top_k})
+    ids, seconds = draw(prior, s.num, labels, batch_size=s.batch_size, seed=s.seed, cfg_scale=s.cfg_scale, **options)
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomically(folder / "ids.json", json.dumps({"ids": ids.tolist(), "labels": None if labels is None
-                                                      else labels.tolist()}).encode())
+    if prior.input_key == "ids":
+        write_atomically(folder / "ids.json", json.dumps({"ids": ids.tolist(), "labels": None if labels is None
+                                                          else labels.tolist()}).encode())
     result: dict[str, Any] = {"sample/prior_items_per_s": s.num / seconds, "sample/prior_seconds": seconds}
     tokenizer = sample_tokenizer(cfg, manifest)
     if tokenizer is not None:
@@ -135,6 +144,8 @@ def train_prior(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     kind, options = prior_options(cfg, datamodule)
     prior = instantiate({"_target_": OmegaConf.select(cfg, "prior._target_"), **options})
+    if kind == "flow":
+        prior.set_normalization(*datamodule.token_stats())
     module_cfg = OmegaConf.to_container(cfg.module, resolve=True)
     module = PriorModule(prior, optimizer=instantiate(module_cfg["optimizer"]),
                          scheduler=instantiate(module_cfg["scheduler"]) if module_cfg.get("scheduler") else None,

@@ -107,6 +107,14 @@ class TokenDataModule(L.LightningDataModule):
             flat *= int(s)
         return flat
 
+    def token_stats(self) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and std (D,) of the training items' continuous tokens (soft quantizers)."""
+        if self.key != "tokens":
+            raise ValueError(f"{self.tokens} holds ids, not continuous tokens")
+        tokens = self.train_shards.tensors["tokens"][self.train_indices].float()
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        return flat.mean(0), flat.std(0)
+
     @property
     def num_classes(self) -> int:
         labels = self.train_shards.tensors.get("label")

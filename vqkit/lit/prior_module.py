@@ -1,8 +1,9 @@
 """PriorModule: trains a generative prior (``vqkit.prior``) on token batches of ``TokenDataModule``.
 
-Discrete priors minimise the cross-entropy of every id (logged as ``train/loss`` / ``val/loss`` in nats per id,
-and ``val/bits_per_token``). Labels are replaced by "no class" with probability ``class_dropout`` during
-training, so one prior samples both conditionally and with classifier-free guidance.
+The prior's own ``loss`` of the batch entry it models (``prior.input_key``) is minimised: the cross-entropy of
+every id for ``ARPrior`` (``train/loss`` / ``val/loss`` in nats per id, and ``val/bits_per_token``), the
+flow-matching velocity error for ``FlowPrior``. Labels are replaced by "no class" with probability
+``class_dropout`` during training, so one prior samples both conditionally and with classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 
 class PriorModule(L.LightningModule):
     """Args:
-        prior: an ``ARPrior``.
+        prior: an ``ARPrior`` or a ``FlowPrior``.
         optimizer: a partial optimizer (``conf/optimizer``); matrices get weight decay, biases/norms/embeddings
             of positions do not.
         scheduler: a partial ``vqkit.lit.schedules`` schedule, or None.
@@ -47,19 +48,28 @@ class PriorModule(L.LightningModule):
             labels = labels.masked_fill(dropped, self.prior.null_class)
         return labels
 
+    def _inputs(self, batch: dict[str, Tensor]) -> Tensor:
+        key = self.prior.input_key
+        if key not in batch:
+            raise KeyError(f"{type(self.prior).__name__} models {key!r}, the batches hold {sorted(batch)}")
+        return batch[key]
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.prior.loss(batch["ids"], self._labels(batch, drop=True))
+        inputs = self._inputs(batch)
+        loss = self.prior.loss(inputs, self._labels(batch, drop=True))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"prior loss is {loss.item()} at step {self.global_step}: lower the learning "
                                      "rate (module.optimizer.lr) or use precision=32-true")
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["ids"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=inputs.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        loss = self.prior.loss(batch["ids"], self._labels(batch, drop=False))
-        size = batch["ids"].shape[0]
+        inputs = self._inputs(batch)
+        loss = self.prior.loss(inputs, self._labels(batch, drop=False))
+        size = inputs.shape[0]
         self.log("val/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
-        self.log("val/bits_per_token", loss / math.log(2), batch_size=size, sync_dist=True)
+        if self.prior.input_key == "ids":
+            self.log("val/bits_per_token", loss / math.log(2), batch_size=size, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         decay = [p for n, p in self.prior.named_parameters() if p.dim() >= 2 and "positions" not in n]

@@ -1,6 +1,7 @@
-"""Generative priors over a tokenizer's tokens: ``ARPrior`` (discrete ids); trained by ``vqkit.train_prior``."""
+"""Generative priors over a tokenizer's tokens: ``ARPrior`` (ids), ``FlowPrior`` (soft tokens)."""
 
 from vqkit.prior.ar import ARPrior
 from vqkit.prior.artifact import load_prior, save_prior
+from vqkit.prior.flow import FlowPrior
 
-__all__ = ["ARPrior", "load_prior", "save_prior"]
+__all__ = ["ARPrior", "FlowPrior", "load_prior", "save_prior"]

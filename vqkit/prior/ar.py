@@ -59,6 +59,8 @@ class ARPrior(nn.Module):
         dim, depth, num_heads, mlp_ratio, dropout: the transformer.
     """
 
+    input_key = "ids"
+
     def __init__(self, vocab_size: int, seq_len: int, num_classes: int = 0, dim: int = 256, depth: int = 6,
                  num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()

@@ -16,8 +16,9 @@ from torch import nn
 
 from vqkit.files import write_atomically
 from vqkit.prior.ar import ARPrior
+from vqkit.prior.flow import FlowPrior
 
-PRIORS: dict[str, type[nn.Module]] = {"ar": ARPrior}
+PRIORS: dict[str, type[nn.Module]] = {"ar": ARPrior, "flow": FlowPrior}
 CONFIG = "prior.json"
 WEIGHTS = "prior.safetensors"
 FORMAT = "vqkit-prior"
