@@ -11,11 +11,13 @@ its token count changed, then runs the toolkit's own commands, each as a subproc
    the 128 real test crops, and the prior's sampling throughput (items/s, batch 64, KV cache).
 
 Cells: ``conv_vq_144`` (make train's conv f4 tokenizer: 12 x 12 ids of 1,024 codes at 48 px), ``1d_vq_64`` and
-``1d_vq_32`` (the 1-D tokenizer, ``model=image_1d``, with 64 / 32 latent tokens, 1,024 codes). Continuous
-SoftVQ tokens need a flow prior, which vqkit does not have yet: no softvq cell.
+``1d_vq_32`` (the 1-D tokenizer, ``model=image_1d``, with 64 / 32 latent tokens, 1,024 codes), each with
+``prior=ar``; ``1d_softvq_32`` (the same 1-D tokenizer with SoftVQ: 32 continuous tokens) with ``prior=flow``
+(the same transformer size, flow matching, 50 Euler steps per sample).
 
-"Steps to a fixed loss": the first validation (once per prior epoch) at which a cell's ``val/bits_per_token``
-reaches the highest final value over the cells, so every cell reaches it. Finished steps are kept (their
+"Steps to a fixed loss" (``prior=ar`` cells): the first validation (once per prior epoch) at which a cell's
+``val/bits_per_token`` reaches the highest final value over those cells, so every one reaches it; a flow loss is
+not in bits, so the flow cell is compared by gFID at equal steps. Finished steps are kept (their
 outputs exist) and skipped on a re-run. Writes ``generation.csv`` / ``.md`` and ``generation_<cell>.png``
 (sample grids) to ``--out-dir``.
 
@@ -41,14 +43,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from result_files import fmt, write_csv  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-CELLS: dict[str, list[str]] = {
-    "conv_vq_144": [],
-    "1d_vq_64": ["model=image_1d", "model.encoder.num_latent_tokens=64"],
-    "1d_vq_32": ["model=image_1d", "model.encoder.num_latent_tokens=32"],
+# cell -> (tokenizer overrides, prior)
+CELLS: dict[str, tuple[list[str], str]] = {
+    "conv_vq_144": ([], "ar"),
+    "1d_vq_64": (["model=image_1d", "model.encoder.num_latent_tokens=64"], "ar"),
+    "1d_vq_32": (["model=image_1d", "model.encoder.num_latent_tokens=32"], "ar"),
+    "1d_softvq_32": (["model=image_1d", "model.encoder.num_latent_tokens=32", "quantizer=softvq"], "flow"),
 }
-COLUMNS = ["cell", "tokens", "codes", "psnr", "rfid", "prior_params", "prior_steps", "prior_val_bits_per_token",
-           "steps_to_fixed_loss", "gfid", "samples", "gfid_real", "prior_items_per_s", "decode_items_per_s",
-           "tokenizer_seconds", "prior_seconds"]
+COLUMNS = [
+    "cell", "prior", "tokens", "codes", "psnr", "rfid", "prior_params", "prior_steps", "prior_val_loss",
+    "prior_val_bits_per_token", "steps_to_fixed_loss", "gfid", "samples", "gfid_real", "prior_items_per_s",
+    "decode_items_per_s", "tokenizer_seconds", "prior_seconds",
+]
 
 
 def run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
@@ -75,7 +81,7 @@ def run_cell(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
     tok_run, artifact = folder / "tokenizer", folder / "artifact"
     started = time.time()
     if not (tok_run / "metrics.json").exists():
-        run(["vqkit.train", *CELLS[name], f"trainer.max_steps={args.steps}", "test=false", *args.override,
+        run(["vqkit.train", *CELLS[name][0], f"trainer.max_steps={args.steps}", "test=false", *args.override,
              f"hydra.run.dir={tok_run}"], folder / "train.log", env)
     if not (artifact / "config.json").exists():
         run(["vqkit.export", f"ckpt_path={tok_run / 'checkpoints' / 'last.ckpt'}", f"out={artifact}"],
@@ -93,7 +99,8 @@ def run_cell(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
     prior_run = folder / "prior"
     started = time.time()
     if not (prior_run / "metrics.json").exists():
-        run(["vqkit.train_prior", f"tokens={folder / 'tokens_train'}", f"val_tokens={folder / 'tokens_test'}",
+        run(["vqkit.train_prior", f"prior={CELLS[name][1]}", f"tokens={folder / 'tokens_train'}",
+             f"val_tokens={folder / 'tokens_test'}",
              f"trainer.max_steps={args.prior_steps}", f"prior.dim={args.prior_dim}", f"prior.depth={args.prior_depth}",
              f"prior.num_heads={args.prior_heads}", f"sample.num={args.samples}", "gfid.enabled=true",
              f"hydra.run.dir={prior_run}"], folder / "train_prior.log", env)
@@ -109,14 +116,17 @@ def run_cell(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
     grid = prior_run / "samples" / "grid.png"
     if grid.exists():
         shutil.copyfile(grid, args.out_dir / f"generation_{name}.png")
+    kind = CELLS[name][1]
     return {
-        "cell": name, "tokens": _numel(shape), "codes": manifest["tokenizer"]["codebook_size"],
-        "psnr": ev.get("psnr"), "rfid": ev.get("rfid"), "prior_params": params, "prior_steps": args.prior_steps,
+        "cell": name, "prior": kind, "tokens": _numel(shape[:-1] if kind == "flow" else shape),
+        "codes": manifest["tokenizer"]["codebook_size"], "psnr": ev.get("psnr"), "rfid": ev.get("rfid"),
+        "prior_params": params, "prior_steps": args.prior_steps, "prior_val_loss": pm.get("val/loss"),
         "prior_val_bits_per_token": pm.get("val/bits_per_token"), "gfid": pm.get("sample/gfid"),
         "samples": args.samples, "gfid_real": pm.get("sample/gfid_real_items"),
         "prior_items_per_s": pm.get("sample/prior_items_per_s"),
-        "decode_items_per_s": pm.get("sample/decode_items_per_s"), "tokenizer_seconds": round(tokenizer_seconds),
-        "prior_seconds": round(prior_seconds), "metrics_csv": str(prior_run / "csv" / "metrics.csv"),
+        "decode_items_per_s": pm.get("sample/decode_items_per_s"),
+        "tokenizer_seconds": round(tokenizer_seconds), "prior_seconds": round(prior_seconds),
+        "metrics_csv": str(prior_run / "csv" / "metrics.csv"),
     }
 
 
@@ -128,8 +138,9 @@ def _numel(shape: Any) -> int:
 
 
 def write_tables(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
-    target = max(float(r["prior_val_bits_per_token"]) for r in rows)
-    for r in rows:
+    discrete = [r for r in rows if r["prior"] == "ar"]  # flow losses are not in bits: no common loss to reach
+    target = max((float(r["prior_val_bits_per_token"]) for r in discrete), default=float("nan"))
+    for r in discrete:
         r["steps_to_fixed_loss"] = steps_at_loss(Path(r["metrics_csv"]), target)
     write_csv(args.out_dir / "generation.csv", rows, COLUMNS)
     lines = [
