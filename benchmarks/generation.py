@@ -31,6 +31,7 @@ import argparse
 import csv
 import datetime
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -112,13 +113,13 @@ def run_cell(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
     from safetensors import safe_open
 
     with safe_open(str(prior_run / "prior" / "prior.safetensors"), framework="pt") as f:
-        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     grid = prior_run / "samples" / "grid.png"
     if grid.exists():
         shutil.copyfile(grid, args.out_dir / f"generation_{name}.png")
     kind = CELLS[name][1]
     return {
-        "cell": name, "prior": kind, "tokens": _numel(shape[:-1] if kind == "flow" else shape),
+        "cell": name, "prior": kind, "tokens": math.prod(shape[:-1] if kind == "flow" else shape),
         "codes": manifest["tokenizer"]["codebook_size"], "psnr": ev.get("psnr"), "rfid": ev.get("rfid"),
         "prior_params": params, "prior_steps": args.prior_steps, "prior_val_loss": pm.get("val/loss"),
         "prior_val_bits_per_token": pm.get("val/bits_per_token"), "gfid": pm.get("sample/gfid"),
@@ -128,13 +129,6 @@ def run_cell(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
         "tokenizer_seconds": round(tokenizer_seconds), "prior_seconds": round(prior_seconds),
         "metrics_csv": str(prior_run / "csv" / "metrics.csv"),
     }
-
-
-def _numel(shape: Any) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def write_tables(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:

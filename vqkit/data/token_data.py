@@ -9,6 +9,7 @@ labels. Items with augmented views (``augment=flip|tencrop``) give a random view
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,7 @@ class TokenDataModule(L.LightningDataModule):
     @property
     def seq_len(self) -> int:
         shape = self.manifest["item_shape"][1:] if self.manifest.get("views", 1) > 1 else self.manifest["item_shape"]
-        flat = 1
-        for s in shape[:-1] if self.key == "tokens" else shape:
-            flat *= int(s)
-        return flat
+        return math.prod(int(s) for s in (shape[:-1] if self.key == "tokens" else shape))
 
     def token_stats(self) -> tuple[Tensor, Tensor]:
         """Per-channel mean and std (D,) of the training items' continuous tokens (soft quantizers)."""

@@ -18,6 +18,17 @@ from torch import Tensor, nn
 KVCache = list[tuple[Tensor, Tensor] | None]
 
 
+def class_labels(labels: Tensor | None, batch: int, num_classes: int, device: torch.device) -> Tensor:
+    """Labels (batch,) int64 on ``device``, checked to lie in [0, num_classes]; None: all ``num_classes`` (no class)."""
+    if labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    labels = labels.to(device=device, dtype=torch.long)
+    if labels.shape != (batch,) or bool(((labels < 0) | (labels > num_classes)).any()):
+        raise ValueError(f"labels must be ({batch},) in [0, {num_classes}] ({num_classes}: no class), "
+                         f"got {tuple(labels.shape)}")
+    return labels
+
+
 class CausalBlock(nn.Module):
     """Pre-norm attention + MLP block; ``forward(x, cache, i)`` appends to block i's key/value cache."""
 
@@ -92,13 +103,7 @@ class ARPrior(nn.Module):
         return self.num_classes
 
     def _labels(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        if labels is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        labels = labels.to(device=device, dtype=torch.long)
-        if labels.shape != (batch,) or bool(((labels < 0) | (labels > self.null_class)).any()):
-            raise ValueError(f"labels must be ({batch},) in [0, {self.num_classes}] ({self.num_classes}: no class), "
-                             f"got {tuple(labels.shape)}")
-        return labels
+        return class_labels(labels, batch, self.num_classes, device)
 
     def forward(self, ids: Tensor, labels: Tensor | None = None) -> Tensor:
         """ids (B, L <= seq_len) -> logits (B, L, vocab_size); logits[:, i] predicts ids[:, i] from ids[:, :i]."""

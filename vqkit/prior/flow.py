@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqkit.prior.ar import class_labels
+
 
 def time_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal features (B, dim) of times t (B,) in [0, 1] (scaled by 1000 as diffusion timesteps are)."""
@@ -97,12 +99,7 @@ class FlowPrior(nn.Module):
         self.std.copy_(std.clamp_min(1e-6).to(self.std))
 
     def _labels(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        if labels is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        labels = labels.to(device=device, dtype=torch.long)
-        if labels.shape != (batch,) or bool(((labels < 0) | (labels > self.null_class)).any()):
-            raise ValueError(f"labels must be ({batch},) in [0, {self.num_classes}], got {tuple(labels.shape)}")
-        return labels
+        return class_labels(labels, batch, self.num_classes, device)
 
     def velocity(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """Standardised tokens x (B, L, D) at times t (B,) -> the velocity (B, L, D)."""
