@@ -72,7 +72,8 @@ def named_choices() -> dict[tuple[str, str], str]:
 
 @cache
 def composed_configs() -> list[DictConfig]:
-    """The train config with each option of GROUPS (recipes on their embedded data), unresolved."""
+    """The train config with each option of GROUPS (recipes on their embedded data), and the prior-training config
+    with each prior, unresolved."""
     configs = [compose_config("train", [])]
     for group in GROUPS:
         for path in sorted((CONF_DIR / group).glob("*.yaml")):
@@ -80,6 +81,8 @@ def composed_configs() -> list[DictConfig]:
             if group == "recipe" and path.stem.startswith("gq"):
                 overrides.append("data=shakespeare")
             configs.append(compose_config("train", overrides))
+    for path in sorted((CONF_DIR / "prior").glob("*.yaml")):  # vqkit.train_prior's own config
+        configs.append(compose_config("train_prior", [f"prior={path.stem}"]))
     return configs
 
 
